@@ -1,0 +1,161 @@
+"""Divergence detection and the guards that act on it.
+
+Three signals, each counted by kind:
+
+* ``non_finite``: a loss or gradient that is NaN or infinite. Such a batch is
+  never applied (the learner skips it); the detector only counts it.
+* ``loss_spike``: a batch loss far above its recent level. The level is an
+  EWMA of the loss and the spread an EWMA of the absolute deviation, so single
+  noisy batches don't trip it: spike when ``loss > mean + spike_factor * spread
+  + spike_floor`` after ``warmup_updates``.
+* ``norm_growth``: the weight norm keeps growing without bound. A converging
+  model's norm grows slower and slower (with Adagrad on digits: about x1.15
+  each time the number of updates doubles); runaway growth doubles it like a
+  power of time (negated cross-entropy: x1.4 with Adagrad, x2 with SGD). The
+  detector compares the norm now with the norm at half the updates, so it is
+  scale free, and trips above ``norm_growth_ratio``; ``max_weight_norm`` is
+  a hard ceiling besides.
+
+The model is *diverging* while a signal fired within the last
+``recovery_updates`` updates. The guard then acts once per event: ``clip``
+bounds the gradient norm, ``lower-lr`` multiplies the learning rate by
+``lr_factor``, ``rollback`` restores the last state saved while healthy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from streamlearn.model import weight_norm
+
+KINDS = ("non_finite", "loss_spike", "norm_growth")
+GUARDS = ("none", "clip", "lower-lr", "rollback")
+
+
+@dataclass(frozen=True)
+class DivergenceConfig:
+    guard: str = "rollback"  # none | clip | lower-lr | rollback
+    warmup_updates: int = 100  # no loss-spike or norm-growth verdict before this many updates
+    ewma_alpha: float = 0.05  # weight of the newest batch in the loss level and spread
+    spike_factor: float = 10.0  # spread multiples above the level that make a spike
+    spike_floor: float = 1.0  # absolute loss margin, so a near-zero spread can't trip it
+    norm_growth_ratio: float = 1.3  # norm(t) / norm(t/2) above this is runaway growth
+    max_weight_norm: float = 1e4  # hard ceiling on the weight norm
+    recovery_updates: int = 200  # updates without a signal before "diverging" clears
+    clip_norm: float = 1.0  # guard=clip: gradient norm bound while diverging
+    lr_factor: float = 0.5  # guard=lower-lr: multiplier applied per divergence event
+    good_every: int = 100  # guard=rollback: updates between saves of the last good state
+
+    def __post_init__(self) -> None:
+        if self.guard not in GUARDS:
+            raise ValueError(f"divergence guard: unknown {self.guard!r}, choose one of {', '.join(GUARDS)}")
+        if not 0 < self.ewma_alpha <= 1:
+            raise ValueError(f"divergence ewma_alpha: must be in (0, 1], got {self.ewma_alpha}")
+        if not self.norm_growth_ratio > 1:
+            raise ValueError(f"divergence norm_growth_ratio: must be > 1, got {self.norm_growth_ratio}")
+        if not 0 < self.lr_factor < 1:
+            raise ValueError(f"divergence lr_factor: must be in (0, 1), got {self.lr_factor}")
+        for name in ("warmup_updates", "recovery_updates", "good_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"divergence {name}: must be >= 1")
+
+
+class DivergenceDetector:
+    def __init__(self, cfg: DivergenceConfig | None = None) -> None:
+        self.cfg = cfg or DivergenceConfig()
+        self.updates = 0
+        self.level = math.nan  # EWMA of batch loss
+        self.spread = 0.0  # EWMA of |loss - level|
+        self.norms: list[float] = []  # weight norm after update i (index i - 1)
+        self.events: Counter[str] = Counter()
+        self.last_event = -(10**9)
+        self.start = 0  # updates before the current run of history (reset on rollback)
+
+    @property
+    def diverging(self) -> bool:
+        return self.updates - self.last_event < self.cfg.recovery_updates
+
+    def observe(self, loss: float, weight_norm: float, applied: bool = True) -> list[str]:
+        """Record one batch; returns the kinds of divergence it shows (usually none)."""
+        cfg = self.cfg
+        fired: list[str] = []
+        if not applied or not math.isfinite(loss) or not math.isfinite(weight_norm):
+            fired.append("non_finite")
+        else:
+            self.updates += 1
+            n = self.updates - self.start
+            if n > cfg.warmup_updates and loss > self.level + cfg.spike_factor * self.spread + cfg.spike_floor:
+                fired.append("loss_spike")
+            if math.isnan(self.level):
+                self.level = loss
+            else:
+                self.spread += cfg.ewma_alpha * (abs(loss - self.level) - self.spread)
+                self.level += cfg.ewma_alpha * (loss - self.level)
+            self.norms.append(weight_norm)
+            half = self.norms[len(self.norms) // 2 - 1] if len(self.norms) >= 2 else 0.0
+            if weight_norm > cfg.max_weight_norm or (
+                n > cfg.warmup_updates and half > 0 and weight_norm / half > cfg.norm_growth_ratio
+            ):
+                fired.append("norm_growth")
+        for kind in fired:
+            self.events[kind] += 1
+        if fired:
+            self.last_event = self.updates
+        return fired
+
+    def reset_history(self) -> None:
+        """Forget the loss level and norm history (after a rollback restored old weights)."""
+        self.start = self.updates
+        self.level, self.spread, self.norms = math.nan, 0.0, []
+
+
+class Guard:
+    """Watches one model's updates and acts when they diverge.
+
+    Owns a :class:`DivergenceDetector`; the model holder calls :meth:`clip`
+    on each gradient before the step and :meth:`after_step` after it.
+    """
+
+    def __init__(self, cfg: DivergenceConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.cfg = cfg
+        self.detector = DivergenceDetector(cfg)
+        self.model, self.optimizer = model, optimizer
+        self.rollbacks = 0
+        self._good: tuple[dict[str, Any], dict[str, Any]] | None = None
+
+    @property
+    def diverging(self) -> bool:
+        return self.detector.diverging
+
+    def clip(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Bound the gradient norm while diverging (guard=clip); otherwise unchanged."""
+        if self.cfg.guard != "clip" or not self.diverging:
+            return grads
+        norm = math.sqrt(sum(float((g.coalesce().values() if g.is_sparse else g).pow(2).sum()) for g in grads))
+        if norm <= self.cfg.clip_norm:
+            return grads
+        return [g * (self.cfg.clip_norm / norm) for g in grads]
+
+    def after_step(self, loss: float, applied: bool) -> list[str]:
+        fired = self.detector.observe(loss, weight_norm(self.model), applied)
+        if any(k != "non_finite" for k in fired):
+            self._act()
+        elif not self.diverging and self.detector.updates % self.cfg.good_every == 0:
+            self._good = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+        return fired
+
+    def _act(self) -> None:
+        if self.cfg.guard == "lower-lr":
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.cfg.lr_factor
+        elif self.cfg.guard == "rollback" and self._good is not None:
+            self.model.load_state_dict(self._good[0])
+            self.optimizer.load_state_dict(copy.deepcopy(self._good[1]))
+            self.rollbacks += 1
+            self.detector.reset_history()

@@ -1,0 +1,140 @@
+"""Join predictions with their feedback by prediction id, in either arrival order.
+
+State is bounded two ways:
+
+* time: an entry older than ``ttl_seconds`` of event time behind the newest
+  event seen (the watermark) expires; a feedback for an expired or never-seen
+  prediction teaches nothing and is counted ``expired``;
+* space: at most ``max_pending`` waiting entries; past that the oldest one is
+  evicted (counted ``evicted``).
+
+Each id yields at most one example: a second prediction or feedback for an id
+that is pending or already joined is counted ``duplicate``. Joined ids are
+remembered for the TTL (bounded by ``max_pending`` too) for that check.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from streamlearn.events import Example, Feedback, Prediction, example_from
+
+OUTCOMES = ("joined", "duplicate", "expired", "evicted")
+
+
+@dataclass(frozen=True)
+class JoinConfig:
+    ttl_seconds: float = 3600.0  # event time a prediction waits for its feedback (and vice versa)
+    max_pending: int = 1_000_000  # waiting entries before the oldest is evicted
+
+    def __post_init__(self) -> None:
+        if not self.ttl_seconds > 0:
+            raise ValueError(f"join ttl_seconds: must be > 0, got {self.ttl_seconds}")
+        if self.max_pending < 1:
+            raise ValueError(f"join max_pending: must be >= 1, got {self.max_pending}")
+
+
+class Joiner:
+    def __init__(self, cfg: JoinConfig | None = None, partition: int = 0) -> None:
+        self.cfg = cfg or JoinConfig()
+        self.partition = partition  # stamped on the examples it emits
+        # id -> (event time, event); insertion order ~ arrival order, for eviction
+        self._preds: OrderedDict[str, tuple[float, Prediction]] = OrderedDict()
+        self._feedback: OrderedDict[str, tuple[float, Feedback]] = OrderedDict()
+        self._done: OrderedDict[str, float] = OrderedDict()  # joined ids, for dedup
+        self.watermark = float("-inf")
+        self.counts: Counter[str] = Counter()
+
+    @property
+    def pending(self) -> int:
+        return len(self._preds) + len(self._feedback)
+
+    def add_prediction(self, pred: Prediction) -> Example | None:
+        self._advance(pred.ts)
+        if pred.id in self._preds or pred.id in self._done:
+            self.counts["duplicate"] += 1
+            return None
+        waiting = self._feedback.pop(pred.id, None)
+        if waiting is not None:
+            return self._joined(pred, waiting[1])
+        if pred.ts < self.watermark - self.cfg.ttl_seconds:
+            self.counts["expired"] += 1
+            return None
+        self._preds[pred.id] = (pred.ts, pred)
+        self._bound(self._preds)
+        return None
+
+    def add_feedback(self, fb: Feedback) -> Example | None:
+        self._advance(fb.ts)
+        if fb.id in self._feedback or fb.id in self._done:
+            self.counts["duplicate"] += 1
+            return None
+        waiting = self._preds.pop(fb.id, None)
+        if waiting is not None:
+            return self._joined(waiting[1], fb)
+        inline = example_from(None, fb, self.partition)
+        if inline is not None:  # carries everything it needs: no join
+            self._remember(fb.id)
+            self.counts["inline"] += 1
+            return inline
+        if fb.ts < self.watermark - self.cfg.ttl_seconds:
+            self.counts["expired"] += 1
+            return None
+        self._feedback[fb.id] = (fb.ts, fb)
+        self._bound(self._feedback)
+        return None
+
+    def _joined(self, pred: Prediction, fb: Feedback) -> Example | None:
+        self._remember(pred.id)
+        self.counts["joined"] += 1
+        return example_from(pred, fb, self.partition)
+
+    def _remember(self, ident: str) -> None:
+        self._done[ident] = self.watermark
+        if len(self._done) > self.cfg.max_pending:
+            self._done.popitem(last=False)
+
+    def _bound(self, table: OrderedDict[str, Any]) -> None:
+        while self.pending > self.cfg.max_pending and table:
+            table.popitem(last=False)
+            self.counts["evicted"] += 1
+
+    def _advance(self, ts: float) -> None:
+        if ts <= self.watermark:
+            return
+        self.watermark = ts
+        horizon = ts - self.cfg.ttl_seconds
+        for table, outcome in ((self._preds, "expired"), (self._feedback, "expired")):
+            while table:
+                ident, (t, _) = next(iter(table.items()))
+                if t >= horizon:
+                    break  # entries are in near arrival order: stop at the first live one
+                del table[ident]
+                self.counts[outcome] += 1
+        while self._done:
+            ident, t = next(iter(self._done.items()))
+            if t >= horizon:
+                break
+            del self._done[ident]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain-data state for a checkpoint (events are frozen dataclasses, picklable)."""
+        return {
+            "preds": list(self._preds.items()),
+            "feedback": list(self._feedback.items()),
+            "done": list(self._done.items()),
+            "watermark": self.watermark,
+            "counts": dict(self.counts),
+        }
+
+    @classmethod
+    def restore(cls, state: dict[str, Any], cfg: JoinConfig | None = None, partition: int = 0) -> Joiner:
+        j = cls(cfg, partition)
+        j._preds = OrderedDict(state["preds"])
+        j._feedback = OrderedDict(state["feedback"])
+        j._done = OrderedDict(state["done"])
+        j.watermark = state["watermark"]
+        j.counts = Counter(state["counts"])
+        return j

@@ -1,0 +1,156 @@
+"""Softmax models: dense linear, a small MLP, and a hashed-sparse linear model.
+
+Each model turns a list of feature values (dense vectors or name -> value
+mappings, see :mod:`streamlearn.events`) into inputs with :meth:`inputs`, and
+inputs into logits (B, K) with ``forward``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from streamlearn.events import Features
+
+MODELS = ("linear", "mlp", "hashed")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "linear"  # linear | mlp | hashed
+    n_features: int = 64  # dense input width
+    n_classes: int = 10
+    hidden: int = 64  # mlp hidden units
+    buckets: int = 1 << 18  # hashed: number of feature buckets (the hashing trick)
+    seed: int = 0  # parameter initialisation
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODELS:
+            raise ValueError(f"model: unknown kind {self.kind!r}, choose one of {', '.join(MODELS)}")
+        if self.n_classes < 2:
+            raise ValueError(f"n_classes: need at least 2 classes, got {self.n_classes}")
+        for name in ("n_features", "hidden", "buckets"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+
+class SoftmaxModel(nn.Module):
+    """Base: a module with an ``inputs`` featurizer."""
+
+    sparse = False  # True when gradients touch only some rows (hashed)
+
+    def inputs(self, features: Sequence[Features]) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+
+def _dense(features: Sequence[Features], width: int) -> torch.Tensor:
+    out = np.zeros((len(features), width), dtype=np.float32)  # (B, D)
+    for i, f in enumerate(features):
+        if isinstance(f, np.ndarray):
+            out[i] = f
+        else:
+            for name, v in f.items():
+                j = int(name) if name.isdigit() else -1
+                if 0 <= j < width:
+                    out[i, j] = v
+    return torch.from_numpy(out)
+
+
+class LinearSoftmax(SoftmaxModel):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.width = cfg.n_features
+        self.linear = nn.Linear(cfg.n_features, cfg.n_classes)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def inputs(self, features: Sequence[Features]) -> tuple[torch.Tensor, ...]:
+        return (_dense(features, self.width),)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)  # (B, K)
+
+
+class MLPSoftmax(SoftmaxModel):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        torch.manual_seed(cfg.seed)
+        self.width = cfg.n_features
+        self.net = nn.Sequential(
+            nn.Linear(cfg.n_features, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.n_classes)
+        )
+
+    def inputs(self, features: Sequence[Features]) -> tuple[torch.Tensor, ...]:
+        return (_dense(features, self.width),)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, K)
+
+
+def bucket(name: str, buckets: int) -> int:
+    """Stable bucket of a feature name (CRC-32; Python's hash() is salted per process)."""
+    return zlib.crc32(name.encode("utf-8")) % buckets
+
+
+class HashedSoftmax(SoftmaxModel):
+    """Linear softmax over hashed feature names: weight (buckets, K), sparse gradients.
+
+    Dense vectors are hashed by position (feature ``"i"``), zeros skipped.
+    """
+
+    sparse = True
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.buckets = cfg.buckets
+        self.table = nn.EmbeddingBag(cfg.buckets, cfg.n_classes, mode="sum", sparse=True)
+        self.bias = nn.Parameter(torch.zeros(cfg.n_classes))
+        nn.init.zeros_(self.table.weight)
+        self._cache: dict[str, int] = {}
+
+    def _bucket(self, name: str) -> int:
+        b = self._cache.get(name)
+        if b is None:
+            b = bucket(name, self.buckets)
+            if len(self._cache) < 1_000_000:
+                self._cache[name] = b
+        return b
+
+    def inputs(self, features: Sequence[Features]) -> tuple[torch.Tensor, ...]:
+        idx: list[int] = []
+        vals: list[float] = []
+        offsets: list[int] = []
+        for f in features:
+            offsets.append(len(idx))
+            if isinstance(f, np.ndarray):
+                nz = np.flatnonzero(f)
+                idx.extend(self._bucket(str(j)) for j in nz.tolist())
+                vals.extend(f[nz].tolist())
+            else:
+                for name, v in f.items():
+                    idx.append(self._bucket(name))
+                    vals.append(v)
+        return (
+            torch.tensor(idx, dtype=torch.long),
+            torch.tensor(offsets, dtype=torch.long),
+            torch.tensor(vals, dtype=torch.float32),
+        )
+
+    def forward(self, idx: torch.Tensor, offsets: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+        return self.table(idx, offsets, per_sample_weights=vals) + self.bias  # (B, K)
+
+
+def build_model(cfg: ModelConfig) -> SoftmaxModel:
+    kinds: dict[str, type[SoftmaxModel]] = {"linear": LinearSoftmax, "mlp": MLPSoftmax, "hashed": HashedSoftmax}
+    return kinds[cfg.kind](cfg)  # type: ignore[call-arg]
+
+
+def weight_norm(model: nn.Module) -> float:
+    """L2 norm of all parameters together."""
+    with torch.no_grad():
+        return float(torch.sqrt(sum((p.double() ** 2).sum() for p in model.parameters())))  # type: ignore[arg-type]
