@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any, NoReturn
 
+import torch
+
+from streamlearn.codec import CODECS
 from streamlearn.divergence import GUARDS, DivergenceConfig
 from streamlearn.evaluate import EvalConfig, evaluate
+from streamlearn.kafka_source import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaSettings, KafkaSetupError
 from streamlearn.learner import OPTIMIZERS, OptimConfig
 from streamlearn.model import MODELS, ModelConfig
 from streamlearn.objective import OBJECTIVES, Objective
@@ -53,8 +58,8 @@ def _add_learning(p: argparse.ArgumentParser) -> None:
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="adagrad")
     g.add_argument("--lr", type=float, default=OptimConfig.lr, help="learning rate")
     g.add_argument("--batch-size", type=_positive_int, default=OptimConfig.batch_size, help="micro-batch size")
-    g.add_argument("--negative-weight", type=float, default=None,
-                   help="weight of the negative term (default 1/(K-1))")
+    g.add_argument("--negative-weight", type=float, default=Objective.negative_weight,
+                   help="weight of each negative term relative to a positive (default 1.0)")
     g.add_argument("--guard", choices=GUARDS, default=None, help="divergence guard")
     g.add_argument("--seed", type=int, default=0)
 
@@ -78,6 +83,57 @@ def _add_stream(p: argparse.ArgumentParser) -> None:
     g.add_argument("--delay-mean", type=float, default=30.0, help="mean feedback delay, event seconds")
 
 
+def _add_kafka(p: argparse.ArgumentParser) -> None:
+    """Where the broker is and how to reach it; shared by every command that talks to Kafka."""
+    g = p.add_argument_group("kafka")
+    g.add_argument("--bootstrap-servers",
+                   default=os.environ.get("STREAMLEARN_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+                   help="host:port[,host:port] (default $STREAMLEARN_KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
+    g.add_argument("--predictions-topic", default=KafkaSettings.predictions_topic)
+    g.add_argument("--feedback-topic", default=KafkaSettings.feedback_topic)
+    g.add_argument("--dlq-topic", default=KafkaSettings.dlq_topic, help="dead letters")
+    g.add_argument("--group-id", default=KafkaSettings.group_id, help="consumer group (lag monitoring only)")
+    g.add_argument("--security-protocol", choices=SECURITY_PROTOCOLS, default="PLAINTEXT")
+    g.add_argument("--ssl-cafile", help="CA bundle for the broker certificate")
+    g.add_argument("--ssl-certfile", help="client certificate (mutual TLS)")
+    g.add_argument("--ssl-keyfile", help="client private key (mutual TLS)")
+    g.add_argument("--sasl-mechanism", choices=SASL_MECHANISMS)
+    g.add_argument("--sasl-username")
+    g.add_argument("--sasl-password-file",
+                   help="file holding the SASL password (else $STREAMLEARN_KAFKA_SASL_PASSWORD)")
+
+
+_KAFKA_FLAGS = {
+    "sasl_password": "--sasl-password-file / $STREAMLEARN_KAFKA_SASL_PASSWORD",
+    "connect_timeout_ms": "connect_timeout_ms",
+}
+
+
+def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
+    """KafkaSettings from the ``_add_kafka`` flags; a bad value is a one-line CliError naming the flag."""
+    password = os.environ.get("STREAMLEARN_KAFKA_SASL_PASSWORD") or None
+    if args.sasl_password_file:
+        try:
+            with open(args.sasl_password_file, encoding="utf-8") as f:
+                password = f.read().rstrip("\r\n")
+        except OSError as exc:
+            raise CliError(f"--sasl-password-file: cannot read {args.sasl_password_file}: "
+                           f"{exc.strerror}") from exc
+    try:
+        return KafkaSettings(
+            bootstrap_servers=args.bootstrap_servers, predictions_topic=args.predictions_topic,
+            feedback_topic=args.feedback_topic, dlq_topic=args.dlq_topic, group_id=args.group_id,
+            security_protocol=args.security_protocol, ssl_cafile=args.ssl_cafile,
+            ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, sasl_mechanism=args.sasl_mechanism,
+            sasl_username=args.sasl_username,
+            sasl_password=password if args.security_protocol.startswith("SASL") else None,
+        )
+    except ValueError as exc:
+        key, _, rest = str(exc).partition(": ")
+        flag = _KAFKA_FLAGS.get(key, "--" + key.replace("_", "-") if key.isidentifier() else key)
+        raise CliError(f"{flag}: {rest}" if rest else str(exc)) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="streamlearn", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -91,6 +147,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream(demo)
     _add_learning(demo)
     demo.add_argument("--objective", choices=OBJECTIVES, default="mixed")
+
+    # allow_abbrev=False: "--sasl-password" must not pass as an abbreviation of --sasl-password-file
+    topics = sub.add_parser("topics", help="create or describe the Kafka topics", allow_abbrev=False)
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True, parser_class=_Parser)
+    create = topics_sub.add_parser("create", help="create the predictions, feedback and DLQ topics "
+                                   "(idempotent)", allow_abbrev=False)
+    _add_kafka(create)
+    create.add_argument("--partitions", type=_positive_int, default=4,
+                        help="partitions of each topic (predictions and feedback must match)")
+    create.add_argument("--replication-factor", type=_positive_int, default=1)
+    create.add_argument("--retention-ms", type=int, default=None,
+                        help="retention of predictions and feedback (default: the broker's)")
+    describe = topics_sub.add_parser("describe", help="partition counts and co-partitioning of the topics",
+                                     allow_abbrev=False)
+    _add_kafka(describe)
+
+    produce = sub.add_parser("produce", help="write the simulated stream to the Kafka topics",
+                             allow_abbrev=False)
+    _add_kafka(produce)
+    _add_stream(produce)
+    produce.add_argument("--seed", type=int, default=0)
+    produce.add_argument("--codec", choices=CODECS, default="json")
+    produce.add_argument("--rate", type=float, default=None,
+                         help="events per second (default: as fast as possible)")
+    produce.add_argument("--pack", type=_positive_int, default=64, help="binary: events per Kafka record")
     return parser
 
 
@@ -136,10 +217,65 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "demo": cmd_demo}
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streamlearn.kafka_source import create_topics, describe_topics
+
+    settings = kafka_settings(args)
+    try:
+        if args.topics_command == "create":
+            status = create_topics(settings, args.partitions, args.replication_factor, args.retention_ms)
+            for topic, what in status.items():
+                _log(f"topics: {topic}: {what}")
+        summary = describe_topics(settings)
+    except KafkaSetupError as exc:
+        raise CliError(str(exc)) from exc
+    if not summary["copartitioned"]:
+        _log("topics: warning: predictions and feedback are not co-partitioned "
+             "(a topic is missing, or partition counts differ)")
+    _emit(summary)
+    return 0
+
+
+def stream_configs(args: argparse.Namespace) -> tuple[DataConfig, SimConfig]:
+    """The simulated stream's configs from the ``_add_stream`` flags (plus ``--seed``)."""
+    data = DataConfig(args.dataset, args.n_features, args.classes, args.noise, args.drift,
+                      args.sparse_active, args.seed)
+    sim = SimConfig(events=args.events, policy=args.policy, epsilon=args.epsilon,
+                    judged_share=args.judged_share, label_share=args.label_share,
+                    label_noise=args.label_noise, duplicate_share=args.duplicate_share,
+                    out_of_order_share=args.out_of_order_share, delay_mean=args.delay_mean, seed=args.seed)
+    return data, sim
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from streamlearn.kafka_source import produce_stream
+    from streamlearn.simulate import Simulator
+
+    settings = kafka_settings(args)
+    if args.rate is not None and not args.rate > 0:
+        raise CliError(f"--rate: must be > 0 events/s, got {args.rate}")
+    data, sim = stream_configs(args)
+    _log(f"produce: {sim.events} predictions ({data.dataset}, {sim.policy} policy) to "
+         f"{settings.predictions_topic} and {settings.feedback_topic} at {settings.bootstrap_servers}, "
+         f"codec {args.codec}")
+    start = time.perf_counter()
+    try:
+        counts = produce_stream(settings, Simulator(sim, data).events(), codec=args.codec, rate=args.rate,
+                                pack=args.pack)
+    except KafkaSetupError as exc:
+        raise CliError(str(exc)) from exc
+    seconds = time.perf_counter() - start
+    events = counts["predictions"] + counts["feedback"]
+    _emit({**counts, "codec": args.codec, "seconds": round(seconds, 3),
+           "events_per_second": round(events / seconds, 1) if seconds > 0 else None})
+    return 0
+
+
+COMMANDS = {"evaluate": cmd_evaluate, "demo": cmd_demo, "topics": cmd_topics, "produce": cmd_produce}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    torch.set_num_threads(1)  # micro-batches are tiny: threads cost more than they give
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from streamlearn.events import Event, Feedback, Features, Prediction, Schema
+from streamlearn.events import Event, Features, Feedback, Prediction, Schema
 
 Kind = Literal["prediction", "feedback"]
 MAGIC = b"SLB1"
@@ -178,7 +178,8 @@ def _features(value: object, schema: Schema, required: bool) -> Features | None:
         for v in value:
             if type(v) is not float and type(v) is not int:
                 raise DecodeError("bad_feature", "dense features must be numbers")
-        arr = np.asarray(value, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            arr = np.asarray(value, dtype=np.float32)
         if not np.isfinite(arr).all():
             raise DecodeError("non_finite", "a feature is NaN or infinite (or overflows float32)")
         return arr

@@ -75,6 +75,7 @@ class DivergenceDetector:
         self.norms: list[float] = []  # weight norm after update i (index i - 1)
         self.events: Counter[str] = Counter()
         self.last_event = -(10**9)
+        self.first_event: int | None = None  # update count at the first signal
         self.start = 0  # updates before the current run of history (reset on rollback)
 
     @property
@@ -107,6 +108,8 @@ class DivergenceDetector:
             self.events[kind] += 1
         if fired:
             self.last_event = self.updates
+            if self.first_event is None:
+                self.first_event = self.updates
         return fired
 
     def reset_history(self) -> None:

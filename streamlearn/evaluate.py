@@ -86,7 +86,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
     joins = ingest.join_counts()
     out: dict[str, Any] = {
         "objective": cfg.objective.name,
-        "negative_weight": round(cfg.objective.neg_weight(sim.data.n_classes), 4),
+        "negative_weight": round(cfg.objective.neg_weight, 4),
         "dataset": cfg.data.dataset,
         "policy": cfg.sim.policy,
         "events": cfg.sim.events,
@@ -102,6 +102,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
         "weight_norm": round(norm, 3) if math.isfinite(norm) else None,
         "divergence_events": dict(p.divergence),
         "diverged": diverged,
+        "first_divergence_update": trainer.guard.detector.first_event,
+        "rollbacks": trainer.guard.rollbacks,
         "updates": p.updates,
         "seconds": round(seconds, 3),
         "events_per_second": round(cfg.sim.events / seconds, 1) if seconds > 0 else None,

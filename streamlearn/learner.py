@@ -26,8 +26,8 @@ OPTIMIZERS = ("sgd", "adagrad")
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = "adagrad"  # sgd | adagrad
-    lr: float = 0.5  # step size; Adagrad divides it by the root of the summed squared gradients
-    batch_size: int = 32  # examples per micro-batch (one gradient push)
+    lr: float = 0.3  # step size; Adagrad divides it by the root of the summed squared gradients
+    batch_size: int = 8  # examples per micro-batch (one gradient); small batches learn more per event
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -163,9 +163,10 @@ def _stats(logits: torch.Tensor, batch: Batch, per: torch.Tensor) -> BatchStats:
         loss_negative=float(per[~pos].sum()),
         losses=per.tolist(),
     )
-    rows = [i for i, p in enumerate(batch.probs) if p is not None]
-    if rows:
-        serving = torch.from_numpy(np.stack([batch.probs[i] for i in rows])).to(logits.dtype)  # (R, K)
+    logged = [(i, p) for i, p in enumerate(batch.probs) if p is not None]
+    if logged:
+        rows = [i for i, _ in logged]
+        serving = torch.from_numpy(np.stack([p for _, p in logged])).to(logits.dtype)  # (R, K)
         log_model = torch.log_softmax(logits[rows], dim=1)
         log_serving = torch.log(serving.clamp_min(1e-12))
         kl = (serving * (log_serving - log_model)).sum(dim=1)

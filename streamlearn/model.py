@@ -44,6 +44,9 @@ class SoftmaxModel(nn.Module):
 
     sparse = False  # True when gradients touch only some rows (hashed)
 
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+
     def inputs(self, features: Sequence[Features]) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
@@ -63,7 +66,7 @@ def _dense(features: Sequence[Features], width: int) -> torch.Tensor:
 
 class LinearSoftmax(SoftmaxModel):
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
+        super().__init__(cfg)
         self.width = cfg.n_features
         self.linear = nn.Linear(cfg.n_features, cfg.n_classes)
         nn.init.zeros_(self.linear.weight)
@@ -78,7 +81,7 @@ class LinearSoftmax(SoftmaxModel):
 
 class MLPSoftmax(SoftmaxModel):
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
+        super().__init__(cfg)
         torch.manual_seed(cfg.seed)
         self.width = cfg.n_features
         self.net = nn.Sequential(
@@ -106,7 +109,7 @@ class HashedSoftmax(SoftmaxModel):
     sparse = True
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
+        super().__init__(cfg)
         self.buckets = cfg.buckets
         self.table = nn.EmbeddingBag(cfg.buckets, cfg.n_classes, mode="sum", sparse=True)
         self.bias = nn.Parameter(torch.zeros(cfg.n_classes))
@@ -147,7 +150,7 @@ class HashedSoftmax(SoftmaxModel):
 
 def build_model(cfg: ModelConfig) -> SoftmaxModel:
     kinds: dict[str, type[SoftmaxModel]] = {"linear": LinearSoftmax, "mlp": MLPSoftmax, "hashed": HashedSoftmax}
-    return kinds[cfg.kind](cfg)  # type: ignore[call-arg]
+    return kinds[cfg.kind](cfg)
 
 
 def weight_norm(model: nn.Module) -> float:

@@ -3,6 +3,7 @@
 # for tests, CI and users without Docker.  Needs Java 17+, and Maven for the
 # first start only (the jars are fetched from Maven Central via pom.xml).
 #
+#   deploy/kafka/local.sh fetch               download the jars only (cached)
 #   deploy/kafka/local.sh start  [--port N]   start (or reuse); prints 127.0.0.1:N last
 #   deploy/kafka/local.sh status [--port N]   exit 0 running, 3 stopped, 1 not answering
 #   deploy/kafka/local.sh stop   [--port N] [--purge]
@@ -50,7 +51,7 @@ PORT="${STREAMLEARN_KAFKA_PORT:-9092}"
 PURGE=0
 while (($#)); do
   case "$1" in
-    start | stop | status)
+    start | stop | status | fetch)
       [[ -z $CMD ]] || die "only one command allowed (got '$CMD' and '$1')"
       CMD="$1"
       ;;
@@ -476,6 +477,11 @@ do_status() {
 
 # ------------------------------------------------------------------- main
 case "$CMD" in
+  fetch)
+    mkdir -p "$CACHE"
+    libs_ready || with_lock "$CACHE/.download.lock" "$DOWNLOAD_TIMEOUT" download_libs
+    echo "$LIBS"
+    ;;
   start)
     mkdir -p "$DATA"
     [[ -f $DATA/$MARKER_NAME ]] || : >"$DATA/$MARKER_NAME"

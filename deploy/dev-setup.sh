@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian machine (run as root or with sudo):
+# Debian packages (Java for the Kafka broker, Maven to fetch it, Prometheus + promtool, kcat),
+# the Python package with its test extras and the deploy-check tools, and the Kafka jars.
+# Idempotent: a second run only checks.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+
+need_apt=()
+command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need_apt+=(maven)
+command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v kcat >/dev/null || need_apt+=(kcat)
+if ((${#need_apt[@]})); then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# the Debian package starts a system Prometheus on :9090; tests run their own on free ports
+if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+  systemctl stop prometheus || true
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e "$root[test]"
+if [ -f "$root/.ci/requirements-deploy.txt" ]; then
+  python3 -m pip install -q --disable-pip-version-check -r "$root/.ci/requirements-deploy.txt"
+fi
+
+# fetch the broker's jars now (a cached no-op later), so the first test does not pay for it
+"$here/kafka/local.sh" fetch
+echo "dev-setup: ok" >&2

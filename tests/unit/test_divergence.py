@@ -1,0 +1,38 @@
+"""Divergence: negated trips the detector and the guard; mixed raises no alarm on a long run."""
+
+import math
+
+import pytest
+
+from streamlearn.divergence import DivergenceConfig, DivergenceDetector
+from streamlearn.evaluate import EvalConfig, evaluate
+from streamlearn.objective import Objective
+from streamlearn.simulate import SimConfig
+
+
+def test_detector_kinds() -> None:
+    d = DivergenceDetector(DivergenceConfig(warmup_updates=10))
+    for _ in range(50):
+        assert d.observe(1.0 + 0.01 * (_ % 3), 5.0) == []
+    assert d.observe(100.0, 5.0) == ["loss_spike"]
+    assert d.observe(math.nan, 5.0) == ["non_finite"]
+    assert d.observe(1.0, 5e4) == ["norm_growth"]
+    assert d.diverging
+
+
+def test_negated_trips_the_detector_quickly_and_rollback_keeps_weights_finite() -> None:
+    cfg = EvalConfig(sim=SimConfig(events=6000), objective=Objective("negated"),
+                     divergence=DivergenceConfig(guard="rollback"))
+    out = evaluate(cfg)
+    assert out["diverged"] is True
+    assert out["divergence_events"].get("norm_growth", 0) > 0
+    assert out["rollbacks"] > 0
+    assert out["first_divergence_update"] is not None and out["first_divergence_update"] <= 200
+    assert out["weight_norm"] is not None and out["weight_norm"] < 1e3
+
+
+@pytest.mark.parametrize("policy", ["random", "epsilon-greedy"])
+def test_mixed_raises_no_divergence_over_100k_events(policy: str) -> None:
+    out = evaluate(EvalConfig(sim=SimConfig(events=100_000, policy=policy)))
+    assert out["divergence_events"] == {} and out["diverged"] is False
+    assert out["heldout_accuracy"] > 0.9
