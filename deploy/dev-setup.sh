@@ -28,6 +28,12 @@ python3 -m pip install -q --disable-pip-version-check -e "$root[test]"
 if [ -f "$root/.ci/requirements-deploy.txt" ]; then
   python3 -m pip install -q --disable-pip-version-check -r "$root/.ci/requirements-deploy.txt"
 fi
+# checkov pins old versions of packages the project uses: it gets a virtualenv of its own
+checkov_venv=${XDG_CACHE_HOME:-$HOME/.cache}/streamlearn/checkov-venv
+if [ ! -x "$checkov_venv/bin/checkov" ]; then
+  python3 -m venv "$checkov_venv"
+  "$checkov_venv/bin/pip" install -q --disable-pip-version-check -r "$root/.ci/requirements-checkov.txt"
+fi
 
 # fetch the broker's jars now (a cached no-op later), so the first test does not pay for it
 "$here/kafka/local.sh" fetch

@@ -8,6 +8,7 @@ read results with ``tail -n 1``. A bad flag value exits 2 with one line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -17,14 +18,17 @@ from typing import Any, NoReturn
 
 import torch
 
+from streamlearn import config
 from streamlearn.codec import CODECS
+from streamlearn.config import JobConfig
 from streamlearn.divergence import GUARDS, DivergenceConfig
 from streamlearn.evaluate import EvalConfig, evaluate
 from streamlearn.kafka_source import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaSettings, KafkaSetupError
 from streamlearn.learner import OPTIMIZERS, OptimConfig
 from streamlearn.model import MODELS, ModelConfig
 from streamlearn.objective import OBJECTIVES, Objective
-from streamlearn.simulate import DATASETS, POLICIES, DataConfig, SimConfig
+from streamlearn.paramserver import PS_MODES, STALE_POLICIES
+from streamlearn.simulate import DATASETS, POLICIES, DataConfig, Dataset, SimConfig
 
 
 class CliError(Exception):
@@ -50,8 +54,22 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _add_learning(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("learning")
+def _suppressing(group: Any, suppress: bool) -> Any:
+    """A group whose flags default to "not given" when ``suppress`` (config file and env fill them)."""
+    if not suppress:
+        return group
+    add = group.add_argument
+
+    def add_argument(*names: str, **kw: Any) -> Any:
+        kw["default"] = argparse.SUPPRESS
+        return add(*names, **kw)
+
+    group.add_argument = add_argument
+    return group
+
+
+def _add_learning(p: argparse.ArgumentParser, suppress: bool = False) -> None:
+    g = _suppressing(p.add_argument_group("learning"), suppress)
     g.add_argument("--model", choices=MODELS, default="linear", help="softmax model (default linear)")
     g.add_argument("--hidden", type=_positive_int, default=64, help="mlp hidden units")
     g.add_argument("--buckets", type=_positive_int, default=1 << 18, help="hashed model buckets")
@@ -83,9 +101,9 @@ def _add_stream(p: argparse.ArgumentParser) -> None:
     g.add_argument("--delay-mean", type=float, default=30.0, help="mean feedback delay, event seconds")
 
 
-def _add_kafka(p: argparse.ArgumentParser) -> None:
+def _add_kafka(p: argparse.ArgumentParser, suppress: bool = False) -> None:
     """Where the broker is and how to reach it; shared by every command that talks to Kafka."""
-    g = p.add_argument_group("kafka")
+    g = _suppressing(p.add_argument_group("kafka"), suppress)
     g.add_argument("--bootstrap-servers",
                    default=os.environ.get("STREAMLEARN_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
                    help="host:port[,host:port] (default $STREAMLEARN_KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
@@ -143,10 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_learning(ev)
     ev.add_argument("--objective", choices=(*OBJECTIVES, "all"), default="mixed")
 
-    demo = sub.add_parser("demo", help="run the main job on the embedded stream, with progress")
+    demo = sub.add_parser("demo", help="run the main job (Ray actors, parameter servers) on the embedded stream")
     _add_stream(demo)
     _add_learning(demo)
     demo.add_argument("--objective", choices=OBJECTIVES, default="mixed")
+    _add_job(demo, embedded=True)
+
+    run = sub.add_parser("run", help="the main job: consume Kafka, train on Ray, checkpoint, export metrics",
+                         allow_abbrev=False)
+    _add_kafka(run, suppress=True)
+    _add_learning(run, suppress=True)
+    run.add_argument("--objective", choices=OBJECTIVES, default=argparse.SUPPRESS)
+    _add_job(run, embedded=False)
 
     # allow_abbrev=False: "--sasl-password" must not pass as an abbreviation of --sasl-password-file
     topics = sub.add_parser("topics", help="create or describe the Kafka topics", allow_abbrev=False)
@@ -173,6 +199,116 @@ def build_parser() -> argparse.ArgumentParser:
                          help="events per second (default: as fast as possible)")
     produce.add_argument("--pack", type=_positive_int, default=64, help="binary: events per Kafka record")
     return parser
+
+
+def _add_job(p: argparse.ArgumentParser, embedded: bool) -> None:
+    """The job's flags. Unset flags leave the config file / STREAMLEARN_* environment in force."""
+    g = _suppressing(p.add_argument_group("job"), True)
+    g.add_argument("--config", help="YAML config file; STREAMLEARN_* environment variables and flags override it")
+    if not embedded:
+        g.add_argument("--classes", help="class count, or comma-separated class names (default 10)")
+        g.add_argument("--n-features", type=_positive_int, help="dense feature width (default 64)")
+    g.add_argument("--workers", type=_positive_int, help="worker actors (default 1)")
+    if embedded:
+        g.add_argument("--partitions", type=_positive_int, help="embedded stream partitions (default 2)")
+        g.add_argument("--codec", choices=CODECS, help="embedded stream wire format (default json)")
+    g.add_argument("--ps-mode", choices=PS_MODES, help="parameter-server mode: sync, async or bounded (default async)")
+    g.add_argument("--ps-shards", type=_positive_int, help="parameter-server actors (default 1)")
+    g.add_argument("--max-staleness", type=_positive_int, help="bounded mode: versions a gradient may lag")
+    g.add_argument("--stale-policy", choices=STALE_POLICIES, help="bounded mode: drop or downweight stale gradients")
+    g.add_argument("--grads-per-push", type=_positive_int, help="micro-batch gradients per push (async, bounded)")
+    g.add_argument("--pull-every", type=_positive_int, help="pushes between weight pulls")
+    g.add_argument("--ray-address", help="join this Ray cluster ('auto' inside one); default: start Ray here")
+    g.add_argument("--ray-num-cpus", type=_positive_int, help="CPUs of the local Ray")
+    g.add_argument("--checkpoint-dir", help="checkpoints go here; the newest valid one is restored at start")
+    g.add_argument("--checkpoint-every-seconds", type=float, help="periodic checkpoint interval (default 30)")
+    g.add_argument("--checkpoint-every-updates", type=int, help="also checkpoint every N model updates")
+    g.add_argument("--keep-checkpoints", type=_positive_int, help="newest checkpoints kept (default 3)")
+    g.add_argument("--metrics-host", help="scrape endpoint address (default 127.0.0.1)")
+    g.add_argument("--metrics-port", type=int, help="scrape endpoint port (default: no endpoint)")
+    g.add_argument("--metrics-history", help="append metric snapshots to this JSON-lines file (for `report`)")
+    g.add_argument("--metrics-tls-certfile", help="serve metrics over TLS with this certificate")
+    g.add_argument("--metrics-tls-keyfile", help="... and this key")
+    g.add_argument("--max-events", type=int, help="stop after this many records consumed")
+    g.add_argument("--max-seconds", type=float, help="stop after this many seconds")
+    g.add_argument("--until-idle", type=float, help="stop once no new record arrived for this many seconds")
+
+
+# flag (argparse dest) -> config key path
+JOB_KEYS: dict[str, tuple[str, ...]] = {
+    "classes": ("classes",), "n_features": ("n_features",), "workers": ("workers",),
+    "partitions": ("partitions",), "codec": ("codec",),
+    "ps_mode": ("ps", "mode"), "ps_shards": ("ps", "shards"), "max_staleness": ("ps", "max_staleness"),
+    "stale_policy": ("ps", "stale_policy"), "grads_per_push": ("ps", "grads_per_push"),
+    "pull_every": ("ps", "pull_every"),
+    "ray_address": ("ray", "address"), "ray_num_cpus": ("ray", "num_cpus"),
+    "checkpoint_dir": ("checkpoint", "dir"), "checkpoint_every_seconds": ("checkpoint", "every_seconds"),
+    "checkpoint_every_updates": ("checkpoint", "every_updates"), "keep_checkpoints": ("checkpoint", "keep"),
+    "metrics_host": ("metrics", "host"), "metrics_port": ("metrics", "port"),
+    "metrics_history": ("metrics", "history"), "metrics_tls_certfile": ("metrics", "tls_certfile"),
+    "metrics_tls_keyfile": ("metrics", "tls_keyfile"),
+    "max_events": ("stop", "max_events"), "max_seconds": ("stop", "max_seconds"),
+    "until_idle": ("stop", "until_idle"),
+    "model": ("model", "kind"), "hidden": ("model", "hidden"), "buckets": ("model", "buckets"),
+    "optimizer": ("optim", "name"), "lr": ("optim", "lr"), "batch_size": ("optim", "batch_size"),
+    "negative_weight": ("objective", "negative_weight"), "objective": ("objective", "name"),
+    "guard": ("divergence", "guard"),
+    "bootstrap_servers": ("kafka", "bootstrap_servers"), "predictions_topic": ("kafka", "predictions_topic"),
+    "feedback_topic": ("kafka", "feedback_topic"), "dlq_topic": ("kafka", "dlq_topic"),
+    "group_id": ("kafka", "group_id"), "security_protocol": ("kafka", "security_protocol"),
+    "ssl_cafile": ("kafka", "ssl_cafile"), "ssl_certfile": ("kafka", "ssl_certfile"),
+    "ssl_keyfile": ("kafka", "ssl_keyfile"), "sasl_mechanism": ("kafka", "sasl_mechanism"),
+    "sasl_username": ("kafka", "sasl_username"), "sasl_password_file": ("kafka", "sasl_password_file"),
+}
+
+
+def job_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags the user gave, as a nested config mapping."""
+    out: dict[str, Any] = {}
+    for dest, path in JOB_KEYS.items():
+        if dest in vars(args) and getattr(args, dest) is not None:
+            node = out
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = getattr(args, dest)
+    return out
+
+
+def _run_job(cfg: JobConfig, name: str) -> dict[str, Any]:
+    from streamlearn.job import Job, install_signal_handlers
+
+    job = Job(cfg, lambda msg: _log(f"{name}: {msg}"))
+    install_signal_handlers(job)
+    summary = job.run()
+    _log(f"{name}: stopped ({summary['stop_reason']}): {summary['events_consumed']} records, "
+         f"{summary['model_examples_positive']}+/{summary['model_examples_negative']}- examples in the model, "
+         f"progressive accuracy {summary['progressive_accuracy']}, {summary['events_per_second']} records/s")
+    return summary
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides = job_overrides(args)
+    overrides["source"] = "kafka"
+    cfg = config.load(getattr(args, "config", None), overrides)
+    _emit(_run_job(cfg, "run"))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    data, sim = stream_configs(args)
+    overrides = job_overrides(args)
+    dataset = Dataset(data)
+    overrides.update(source="embedded", classes=[str(i) for i in range(dataset.n_classes)],
+                     n_features=dataset.n_features,
+                     data=dataclasses.asdict(data), sim=dataclasses.asdict(sim))
+    overrides.setdefault("model", {})["seed"] = args.seed
+    overrides.setdefault("divergence", {}).setdefault("guard", "rollback")
+    cfg = config.load(getattr(args, "config", None), overrides)
+    _log(f"demo: {cfg.sim.events} predictions from a {cfg.sim.policy} policy on {cfg.data.dataset}, "
+         f"{cfg.workers} worker(s) on {cfg.partitions} partitions, ps {cfg.ps.mode} x{cfg.ps.shards}, "
+         f"objective {cfg.objective.name}")
+    _emit(_run_job(cfg, "demo"))
+    return 0
 
 
 def eval_config(args: argparse.Namespace, objective: str, guard_default: str) -> EvalConfig:
@@ -203,17 +339,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = [evaluate(cfg, _log) for cfg in configs]
     for r in results:
         _emit(r)
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    cfg = eval_config(args, args.objective, "rollback")
-    _log(f"demo: {cfg.sim.events} predictions from a {cfg.sim.policy} policy on {cfg.data.dataset}, "
-         f"objective {cfg.objective.name}")
-    summary = evaluate(cfg, _log)
-    _log("demo: done: held-out accuracy {heldout_accuracy}, progressive accuracy {progressive_accuracy}, "
-         "{examples} examples, {events_per_second} events/s".format(**summary))
-    _emit(summary)
     return 0
 
 
@@ -271,7 +396,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "demo": cmd_demo, "topics": cmd_topics, "produce": cmd_produce}
+COMMANDS = {"evaluate": cmd_evaluate, "demo": cmd_demo, "run": cmd_run, "topics": cmd_topics,
+            "produce": cmd_produce}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ bounds the gradient norm, ``lower-lr`` multiplies the learning rate by
 
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 from collections import Counter
@@ -72,7 +73,7 @@ class DivergenceDetector:
         self.updates = 0
         self.level = math.nan  # EWMA of batch loss
         self.spread = 0.0  # EWMA of |loss - level|
-        self.norms: list[float] = []  # weight norm after update i (index i - 1)
+        self.norms: list[tuple[int, float]] = []  # (updates since start, weight norm)
         self.events: Counter[str] = Counter()
         self.last_event = -(10**9)
         self.first_event: int | None = None  # update count at the first signal
@@ -82,24 +83,26 @@ class DivergenceDetector:
     def diverging(self) -> bool:
         return self.updates - self.last_event < self.cfg.recovery_updates
 
-    def observe(self, loss: float, weight_norm: float, applied: bool = True) -> list[str]:
-        """Record one batch; returns the kinds of divergence it shows (usually none)."""
+    def observe(self, loss: float, weight_norm: float, applied: bool = True, updates: int = 1) -> list[str]:
+        """Record ``updates`` model updates (a batch, or a worker's step); returns the signals they show."""
         cfg = self.cfg
         fired: list[str] = []
         if not applied or not math.isfinite(loss) or not math.isfinite(weight_norm):
             fired.append("non_finite")
         else:
-            self.updates += 1
+            self.updates += updates
             n = self.updates - self.start
             if n > cfg.warmup_updates and loss > self.level + cfg.spike_factor * self.spread + cfg.spike_floor:
                 fired.append("loss_spike")
             if math.isnan(self.level):
                 self.level = loss
             else:
-                self.spread += cfg.ewma_alpha * (abs(loss - self.level) - self.spread)
-                self.level += cfg.ewma_alpha * (loss - self.level)
-            self.norms.append(weight_norm)
-            half = self.norms[len(self.norms) // 2 - 1] if len(self.norms) >= 2 else 0.0
+                alpha = min(1.0, cfg.ewma_alpha * updates)
+                self.spread += alpha * (abs(loss - self.level) - self.spread)
+                self.level += alpha * (loss - self.level)
+            self.norms.append((n, weight_norm))
+            i = bisect.bisect_right(self.norms, (n / 2, math.inf)) - 1
+            half = self.norms[i][1] if i >= 0 and self.norms[i][0] > 0 else 0.0
             if weight_norm > cfg.max_weight_norm or (
                 n > cfg.warmup_updates and half > 0 and weight_norm / half > cfg.norm_growth_ratio
             ):

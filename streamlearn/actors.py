@@ -1,0 +1,140 @@
+"""The Ray wiring: parameter-server and worker actors, and the client between them.
+
+The only module that applies ``ray.remote``. The logic lives in plain classes
+(:class:`~streamlearn.paramserver.Shard`, :class:`~streamlearn.worker.Worker`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+import torch
+
+from streamlearn.learner import OptimConfig
+from streamlearn.model import ModelConfig
+from streamlearn.paramserver import PSConfig, PushResult, Shard, split
+from streamlearn.worker import StepResult, WeightUpdate
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
+class ParamServerActor:
+    """One shard. Async actor: a sync-mode push waits for its round to close."""
+
+    def __init__(self, index: int, cfg: PSConfig, model: ModelConfig, optim: OptimConfig, workers: int) -> None:
+        torch.set_num_threads(1)
+        self.shard = Shard(index, cfg, model, optim)
+        self.cfg, self.workers = cfg, workers
+        self.sparse = {i for i, n in enumerate(self.shard.names) if n.startswith("table")}
+        self._closed = asyncio.Event()
+        self._round = 0
+        self._round_size = 0
+
+    async def push(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
+                   norms: Sequence[float]) -> PushResult:
+        if self.cfg.mode != "sync":
+            if not grads:
+                return PushResult(version=self.shard.version)
+            return self.shard.apply(grads, [version] * len(grads), norms)
+        self.shard.add_to_round(worker, grads[0] if grads else None, norms[0] if norms else 0.0)
+        closed, round_id = self._closed, self._round
+        if len(self.shard.round) == 1:
+            asyncio.get_running_loop().create_task(self._timeout(round_id))
+        if len(self.shard.round) >= self.workers:
+            self._close_round()
+        await closed.wait()
+        kept = [True] if grads else []
+        return PushResult(applied=len(kept), kept=kept, staleness=[0] * len(kept), version=self.shard.version)
+
+    def _close_round(self) -> None:
+        self._round_size = self.shard.close_round()
+        self._round += 1
+        self._closed.set()
+        self._closed = asyncio.Event()
+
+    async def _timeout(self, round_id: int) -> None:
+        await asyncio.sleep(self.cfg.sync_timeout_seconds)
+        if self._round == round_id and self.shard.round:
+            self._close_round()
+
+    async def pull(self, rows: torch.Tensor | None) -> tuple[int, WeightUpdate]:
+        out: WeightUpdate = {}
+        for i, p in enumerate(self.shard.params):
+            lo, hi = self.shard.ranges[i]
+            if rows is not None and i in self.sparse:
+                mine = rows[(rows >= lo) & (rows < hi)]
+                out[i] = (mine, self.shard.rows(i, mine))
+            else:
+                out[i] = p.detach().clone()
+        return self.shard.version, out
+
+    async def set_workers(self, workers: int) -> None:
+        self.workers = workers
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """Guard and checkpoint operations on the shard: state, load, mark_good, rollback, scale_lr, ..."""
+        if method == "set_clip":
+            self.shard.clip_norm = args[0]
+            return None
+        return getattr(self.shard, method)(*args)
+
+
+class RayParamClient:
+    """Pushes to and pulls from every shard; shard 0's version is the model's."""
+
+    def __init__(self, shards: Sequence[Any]) -> None:
+        self.shards = list(shards)
+
+    def push(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
+             norms: Sequence[float]) -> PushResult:
+        n = len(self.shards)
+        if grads is None or n == 1:
+            per_shard: list[Any] = [grads] * n
+        else:
+            parts = [split(g, n) for g in grads]  # [grad][shard] -> tensors
+            per_shard = [[p[s] for p in parts] for s in range(n)]
+        results = ray.get([s.push.remote(worker, g, version, norms) for s, g in zip(self.shards, per_shard,
+                                                                                      strict=True)])
+        return results[0]
+
+    def pull(self, rows: torch.Tensor | None) -> tuple[int, WeightUpdate]:
+        results = ray.get([s.pull.remote(rows) for s in self.shards])
+        version = results[0][0]
+        merged: WeightUpdate = {}
+        for i in results[0][1]:
+            parts = [r[1][i] for r in results]
+            if isinstance(parts[0], tuple):
+                merged[i] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+            else:
+                merged[i] = torch.cat(parts, dim=0)
+        return version, merged
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
+class WorkerActor:
+    """A worker on its partitions; built from the job config inside the actor's process."""
+
+    def __init__(self, worker: int, cfg: Any, partitions: list[int], shards: list[Any]) -> None:
+        torch.set_num_threads(1)
+        from streamlearn.job import build_worker
+
+        self.worker = build_worker(cfg, worker, partitions, RayParamClient(shards))
+
+    def step(self, drain: bool = False) -> StepResult:
+        return self.worker.step(drain)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.worker.snapshot()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.worker.restore(state)
+
+    def close(self) -> None:
+        close = getattr(self.worker.source, "close", None)
+        if callable(close):
+            close()
+        sink = getattr(self.worker, "sink", None)
+        if sink is not None:
+            sink.close()

@@ -1,0 +1,471 @@
+"""Build and run a job: Ray actors on co-partitioned partitions, parameter servers, checkpoints, metrics.
+
+The driver (this process) owns the loop: it keeps one ``step`` in flight per
+worker (``ray.wait``, never ``ray.get`` in a loop), folds each step's result
+into the metrics and the divergence guard, and takes checkpoints. A
+checkpoint pauses the workers between steps (no push in flight), so the
+shards' weights and the workers' offsets, join state and lineage agree.
+
+Recovery is global, as in Flink: when any actor dies, Ray restarts it
+(``max_restarts``) and the driver restores every shard and every worker from
+the newest checkpoint; the sources seek to its offsets and replay. Every
+event's update is then in the surviving model exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import RayActorError, RayTaskError
+
+from streamlearn import checkpoint
+from streamlearn.config import JobConfig
+from streamlearn.divergence import DivergenceDetector
+from streamlearn.evaluate import heldout_scores
+from streamlearn.ingest import Ingest
+from streamlearn.learner import BatchStats, Learner
+from streamlearn.metrics import Metrics
+from streamlearn.paramserver import merge
+from streamlearn.simulate import Dataset, Simulator
+from streamlearn.source import EventSource, MemorySource
+from streamlearn.worker import ParamClient, StepResult, Worker
+
+log = logging.getLogger("streamlearn.job")
+
+
+# -- building a worker (runs inside the worker actor's process) ------------------------
+
+
+def build_source(cfg: JobConfig, partitions: list[int]) -> tuple[EventSource, Callable[..., None] | None, Any]:
+    """(source, dead-letter writer, sink to close) for a worker's partitions."""
+    if cfg.source == "embedded":
+        sim = Simulator(cfg.sim, cfg.data)
+        src = MemorySource(sim.events(block=64), cfg.partitions, partitions, codec=cfg.codec)
+        return src, None, None
+    from streamlearn.kafka_source import DeadLetterSink, KafkaSource
+
+    settings = kafka_settings(cfg)
+    sink = DeadLetterSink(settings)
+    return KafkaSource(settings, partitions), sink.write_many, sink
+
+
+def kafka_settings(cfg: JobConfig) -> Any:
+    from streamlearn.kafka_source import KafkaSettings
+
+    k = cfg.kafka
+    return KafkaSettings(
+        bootstrap_servers=k.bootstrap_servers, predictions_topic=k.predictions_topic,
+        feedback_topic=k.feedback_topic, dlq_topic=k.dlq_topic, group_id=k.group_id,
+        security_protocol=k.security_protocol, ssl_cafile=k.ssl_cafile, ssl_certfile=k.ssl_certfile,
+        ssl_keyfile=k.ssl_keyfile, sasl_mechanism=k.sasl_mechanism, sasl_username=k.sasl_username,
+        sasl_password=k.password(),
+    )
+
+
+def build_worker(cfg: JobConfig, worker: int, partitions: list[int], ps: ParamClient) -> Worker:
+    source, dead, sink = build_source(cfg, partitions)
+    w = Worker(worker, Learner(cfg.model, cfg.objective, cfg.optim), Ingest(cfg.schema, cfg.join), source, ps,
+               cfg.ps, dead_letters=dead, max_records=cfg.max_records)
+    w.sink = sink  # type: ignore[attr-defined]
+    return w
+
+
+# -- the driver ----------------------------------------------------------------------------
+
+
+@dataclass
+class Totals:
+    """Running totals over the job's steps."""
+
+    records: int = 0
+    stats: BatchStats = field(default_factory=BatchStats)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    join: Counter[str] = field(default_factory=Counter)
+    dead: Counter[str] = field(default_factory=Counter)
+    updates: int = 0
+    dropped: int = 0
+    pushes: int = 0
+    push_seconds: float = 0.0
+    step_seconds: float = 0.0
+
+    def add(self, r: StepResult) -> None:
+        self.records += r.records
+        r.stats.losses = []
+        self.stats.add(r.stats)
+        self.counts.update(r.counts)
+        self.join.update(r.join)
+        self.dead.update(r.dead)
+        self.updates += len(r.staleness) - r.dropped
+        self.dropped += r.dropped
+        self.pushes += r.pushes
+        self.push_seconds += r.push_seconds
+        self.step_seconds += sum(r.batch_seconds)
+
+
+def assign(partitions: int, workers: int) -> list[list[int]]:
+    """Worker w owns partitions w, w + W, ...: both topics' partition p go to the same worker."""
+    return [list(range(w, partitions, workers)) for w in range(workers)]
+
+
+class Job:
+    def __init__(self, cfg: JobConfig, progress: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.metrics = Metrics()
+        self.detector = DivergenceDetector(cfg.divergence)
+        self.rollbacks = 0
+        self.totals = Totals()
+        self.stop_reason = ""
+        self._stop = threading.Event()
+        self.restored_from: str | None = None
+        self.recoveries = 0
+        self.checkpoints = 0
+        self.lineage: Counter[tuple[int, str]] = Counter()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "signal") -> None:
+        self.stop_reason = self.stop_reason or reason
+        self._stop.set()
+
+    def _start_ray(self) -> None:
+        if ray.is_initialized():
+            return
+        r = self.cfg.ray
+        if r.address:
+            ray.init(address=r.address, logging_level=logging.WARNING, log_to_driver=True)
+        else:
+            ray.init(num_cpus=r.num_cpus, include_dashboard=r.dashboard, dashboard_host="127.0.0.1",
+                     logging_level=logging.WARNING, configure_logging=True, log_to_driver=True)
+
+    def _partitions(self) -> int:
+        if self.cfg.source == "embedded":
+            return self.cfg.partitions
+        from streamlearn.kafka_source import check_copartitioned
+
+        n: int = check_copartitioned(kafka_settings(self.cfg))
+        if n < self.cfg.workers:
+            log.warning("%d workers but only %d partitions: %d workers will idle", self.cfg.workers, n,
+                        self.cfg.workers - n)
+        return n
+
+    def _build(self) -> None:
+        from streamlearn.actors import ParamServerActor, WorkerActor
+
+        cfg = self.cfg
+        n = self._partitions()
+        self.assignment = [a for a in assign(n, cfg.workers) if a]
+        server: Any = ParamServerActor
+        worker: Any = WorkerActor
+        self.shards = [server.remote(i, cfg.ps, cfg.model, cfg.optim, len(self.assignment))
+                       for i in range(cfg.ps.shards)]
+        self.workers = [worker.remote(w, cfg, parts, self.shards) for w, parts in enumerate(self.assignment)]
+        self.metrics.workers.set(len(self.workers))
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self._start_ray()
+        port = self.metrics.serve(cfg.metrics)
+        if port is not None and self.progress:
+            self.progress(f"metrics on http://{cfg.metrics.host}:{port}/metrics")
+        self.metrics_port = port
+        self._build()
+        found = checkpoint.latest(cfg.checkpoint.dir)
+        if found is not None:
+            self._restore(found[1])
+            self.restored_from = str(found[0])
+            if self.progress:
+                self.progress(f"restored {found[0].name} (model version {found[1]['version']})")
+        start = time.monotonic()
+        try:
+            self._loop(start)
+        finally:
+            seconds = time.monotonic() - start
+        summary = self._summary(seconds)
+        self._shutdown()
+        return summary
+
+    def _shutdown(self) -> None:
+        try:
+            ray.get([w.close.remote() for w in self.workers], timeout=30)
+        except Exception as exc:  # closing is best effort: the job's result is already final
+            log.warning("closing workers: %s", exc)
+        for a in [*self.workers, *self.shards]:
+            ray.kill(a, no_restart=True)
+        self.metrics.close()
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _loop(self, start: float) -> None:
+        cfg = self.cfg
+        inflight: dict[Any, int] = {w.step.remote(): i for i, w in enumerate(self.workers)}
+        exhausted: set[int] = set()
+        last_records = time.monotonic()
+        last_ckpt = time.monotonic()
+        updates_at_ckpt = 0
+        last_report = 0.0
+        norm = 0.0
+        norm_at = 0.0
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
+            for ref in ready:
+                w = inflight.pop(ref)
+                try:
+                    r: StepResult = ray.get(ref)
+                except (RayActorError, RayTaskError) as exc:
+                    self._recover(inflight, exc)
+                    exhausted.clear()
+                    break
+                self._fold(r)
+                if r.records:
+                    last_records = time.monotonic()
+                if r.exhausted and r.records == 0:
+                    exhausted.add(w)
+                if not self._stopping(start, last_records, exhausted):
+                    inflight[self.workers[w].step.remote()] = w
+            now = time.monotonic()
+            if now - norm_at > 0.5 and not self._stop.is_set():
+                norm = self._weight_norm()
+                norm_at = now
+                self._guard(norm)
+            self.metrics.weight_norm.set(norm)
+            self.metrics.tick(cfg.metrics.history, cfg.metrics.history_every_seconds)
+            ck = cfg.checkpoint
+            due = ck.dir and ((ck.every_seconds and now - last_ckpt >= ck.every_seconds) or
+                              (ck.every_updates and self.totals.updates - updates_at_ckpt >= ck.every_updates))
+            if due and inflight:
+                self._checkpoint(inflight)
+                last_ckpt, updates_at_ckpt = time.monotonic(), self.totals.updates
+            if self.progress and now - last_report > 2.0:
+                last_report = now
+                self.progress(self._progress_line(now - start))
+            self._stopping(start, last_records, exhausted)
+        # drain: learn the partial micro-batches, then a final checkpoint
+        drained = ray.get([w.step.remote(drain=True) for w in self.workers])
+        for r in drained:
+            self._fold(r)
+        if cfg.checkpoint.dir:
+            self._save()
+
+    def _stopping(self, start: float, last_records: float, exhausted: set[int]) -> bool:
+        s, t = self.cfg.stop, self.totals
+        now = time.monotonic()
+        if s.max_events is not None and t.records >= s.max_events:
+            self.request_stop("max_events")
+        elif s.max_seconds is not None and now - start >= s.max_seconds:
+            self.request_stop("max_seconds")
+        elif s.until_idle is not None and now - last_records >= s.until_idle:
+            self.request_stop("until_idle")
+        elif self.cfg.source == "embedded" and len(exhausted) == len(self.workers):
+            self.request_stop("end_of_stream")
+        return self._stop.is_set()
+
+    def _fold(self, r: StepResult) -> None:
+        self.totals.add(r)
+        self.lineage.update(r.applied)
+        self.metrics.observe(r)
+
+    def _weight_norm(self) -> float:
+        return math.sqrt(sum(ray.get([s.call.remote("norm_sq") for s in self.shards])))
+
+    def _guard(self, norm: float) -> None:
+        """Feed the detector what happened since the last look; act on a divergence."""
+        t = self.totals
+        new_updates = t.updates - getattr(self, "_seen_updates", 0)
+        self._seen_updates = t.updates
+        if new_updates <= 0:
+            return
+        losses = (t.stats.loss_positive + t.stats.loss_negative, t.stats.examples)
+        prev = getattr(self, "_seen_loss", (0.0, 0))
+        self._seen_loss = losses
+        n = losses[1] - prev[1]
+        loss = (losses[0] - prev[0]) / n if n else math.nan
+        fired = self.detector.observe(loss, norm, applied=True, updates=new_updates)
+        for kind in fired:
+            self.metrics.divergence.labels(kind).inc()
+        g = self.cfg.divergence
+        if any(k != "non_finite" for k in fired):
+            if g.guard == "rollback":
+                ok = ray.get([s.call.remote("rollback") for s in self.shards])
+                if all(ok):
+                    self.rollbacks += 1
+                    self.metrics.rollbacks.inc()
+                    self.detector.reset_history()
+            elif g.guard == "lower-lr":
+                ray.get([s.call.remote("scale_lr", g.lr_factor) for s in self.shards])
+            elif g.guard == "clip":
+                ray.get([s.call.remote("set_clip", g.clip_norm) for s in self.shards])
+        elif not self.detector.diverging:
+            if g.guard == "clip":
+                ray.get([s.call.remote("set_clip", None) for s in self.shards])
+            if t.updates - getattr(self, "_good_at", -(10**9)) >= g.good_every:
+                ray.get([s.call.remote("mark_good") for s in self.shards])
+                self._good_at = t.updates
+        self.metrics.diverging.set(1 if self.detector.diverging else 0)
+
+    # -- checkpoints and recovery ----------------------------------------------------
+
+    def _pause(self, inflight: dict[Any, int]) -> None:
+        """Wait for the in-flight steps, fold them, and re-issue nothing (the caller does)."""
+        for ref, _w in list(inflight.items()):
+            self._fold(ray.get(ref))
+        inflight.clear()
+
+    def _checkpoint(self, inflight: dict[Any, int]) -> None:
+        waiting = dict(inflight)
+        try:
+            self._pause(inflight)
+        except (RayActorError, RayTaskError) as exc:
+            self._recover(inflight, exc)
+            return
+        self._save()
+        for w in waiting.values():
+            inflight[self.workers[w].step.remote()] = w
+
+    def _state(self) -> dict[str, Any]:
+        shards = ray.get([s.call.remote("state") for s in self.shards])
+        workers = ray.get([w.snapshot.remote() for w in self.workers])
+        return {
+            "format": 1,
+            "version": shards[0]["version"],
+            "shards": shards,
+            "workers": workers,
+            "assignment": self.assignment,
+            "lineage": dict(self.lineage),
+            "model": self.cfg.model,
+        }
+
+    def _save(self) -> None:
+        assert self.cfg.checkpoint.dir is not None
+        state = self._state()
+        path = checkpoint.save(self.cfg.checkpoint.dir, state, self.cfg.checkpoint.keep)
+        self.checkpoints += 1
+        self.metrics.last_checkpoint = time.time()
+        self.last_checkpoint = str(path)
+        log.info("checkpoint %s (model version %d)", path.name, state["version"])
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state.get("model") != self.cfg.model:
+            raise ValueError(f"checkpoint model {state.get('model')} does not match the configured model "
+                             f"{self.cfg.model}: use another --checkpoint-dir")
+        if state["assignment"] != self.assignment:
+            raise ValueError(f"checkpoint partition assignment {state['assignment']} differs from this job's "
+                             f"{self.assignment}: run with the same workers and partitions")
+        ray.get([s.call.remote("load", st) for s, st in zip(self.shards, state["shards"], strict=True)])
+        ray.get([w.restore.remote(st) for w, st in zip(self.workers, state["workers"], strict=True)])
+        self.lineage = Counter(state["lineage"])
+
+    def _recover(self, inflight: dict[Any, int], exc: Exception) -> None:
+        """An actor died: let Ray restart it, then restore everything from the newest checkpoint."""
+        self.recoveries += 1
+        log.warning("actor failure (%s): restoring all actors from the newest checkpoint", type(exc).__name__)
+        for ref in list(inflight):
+            try:
+                ray.get(ref, timeout=60)
+            except Exception as err:  # the failed and the cancelled steps: their work is replayed
+                log.debug("in-flight step lost: %s", err)
+        inflight.clear()
+        found = checkpoint.latest(self.cfg.checkpoint.dir)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if found is None:
+                    raise RuntimeError("no checkpoint to recover from (set --checkpoint-dir)")
+                self._restore(found[1])
+                break
+            except (RayActorError, RayTaskError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)  # the actor is still restarting
+        for i, w in enumerate(self.workers):
+            inflight[w.step.remote()] = i
+
+    # -- reporting -------------------------------------------------------------------
+
+    def _progress_line(self, seconds: float) -> str:
+        t = self.totals
+        acc = t.stats.positive_correct / t.stats.positive if t.stats.positive else float("nan")
+        return (f"{t.records} records, {t.stats.positive}+/{t.stats.negative}- examples, progressive accuracy "
+                f"{acc:.3f}, {t.updates} updates, {t.records / max(seconds, 1e-9):.0f} records/s")
+
+    def final_weights(self) -> list[torch.Tensor]:
+        states = ray.get([s.call.remote("weights") for s in self.shards])
+        return merge(states)
+
+    def _summary(self, seconds: float) -> dict[str, Any]:
+        t, cfg = self.totals, self.cfg
+        consumed = sum(n for (_, outcome), n in t.counts.items() if outcome == "consumed")
+        invalid = sum(n for (_, outcome), n in t.counts.items() if outcome == "invalid")
+        positions: dict[str, int] = {}
+        for st in ray.get([w.snapshot.remote() for w in self.workers]):
+            for (topic, part), off in st["positions"].items():
+                positions[f"{topic}:{part}"] = off
+        out: dict[str, Any] = {
+            "events_consumed": consumed,
+            "examples_positive": t.stats.positive,
+            "examples_negative": t.stats.negative,
+            "invalid": invalid,
+            "duplicates": t.join["duplicate"],
+            "expired": t.join["expired"] + t.join["evicted"],
+            "progressive_accuracy": _ratio(t.stats.positive_correct, t.stats.positive),
+            "negative_avoidance": _ratio(t.stats.negative_avoided, t.stats.negative),
+            "model_examples_positive": sum(n for (_, pol), n in self.lineage.items() if pol == "positive"),
+            "model_examples_negative": sum(n for (_, pol), n in self.lineage.items() if pol == "negative"),
+            "model_examples_by_partition": {str(p): n for p, n in sorted(_by_partition(self.lineage).items())},
+            "offsets": dict(sorted(positions.items())),
+            "updates": t.updates,
+            "stale_dropped": t.dropped,
+            "divergence_events": dict(self.detector.events),
+            "diverged": bool(sum(self.detector.events.values())),
+            "rollbacks": self.rollbacks,
+            "workers": len(self.workers),
+            "ps_mode": cfg.ps.mode,
+            "ps_shards": cfg.ps.shards,
+            "recoveries": self.recoveries,
+            "restored_from": self.restored_from,
+            "checkpoints": self.checkpoints,
+            "stop_reason": self.stop_reason,
+            "seconds": round(seconds, 3),
+            "events_per_second": round(consumed / seconds, 1) if seconds > 0 else None,
+            "push_fraction": round(t.push_seconds / t.step_seconds, 4) if t.step_seconds else None,
+        }
+        if cfg.source == "embedded":
+            learner = Learner(cfg.model, cfg.objective, cfg.optim)
+            with torch.no_grad():
+                for p, v in zip(learner.model.parameters(), self.final_weights(), strict=True):
+                    p.copy_(v)
+            data = Dataset(cfg.data)
+            x, y = data.heldout()
+            out.update(heldout_scores(learner, x, y, data.features(x)))
+        return out
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+def _by_partition(lineage: Counter[tuple[int, str]]) -> Counter[int]:
+    out: Counter[int] = Counter()
+    for (p, _), n in lineage.items():
+        out[p] += n
+    return out
+
+
+def install_signal_handlers(job: Job) -> None:
+    """SIGTERM / SIGINT: stop taking new steps, drain, checkpoint, print the summary."""
+
+    def handler(signum: int, _frame: object) -> None:
+        job.request_stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

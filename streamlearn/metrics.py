@@ -1,0 +1,210 @@
+"""Every Prometheus metric of a job, declared once, and the scrape endpoint.
+
+Workers report their numbers with each step's result (no extra calls per
+event); the driver folds them in here. Names follow Prometheus conventions:
+``streamlearn_`` prefix, base units, ``_total`` on counters, ``_seconds`` on
+durations, low-cardinality labels only (never an event id).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from streamlearn.worker import StepResult
+
+METRIC_NAMES = (
+    "streamlearn_events_total",
+    "streamlearn_examples_total",
+    "streamlearn_updates_total",
+    "streamlearn_divergence_events_total",
+    "streamlearn_rollbacks_total",
+    "streamlearn_stale_gradients_total",
+    "streamlearn_dlq_records_total",
+    "streamlearn_loss",
+    "streamlearn_progressive_accuracy",
+    "streamlearn_model_version",
+    "streamlearn_gradient_norm",
+    "streamlearn_weight_norm",
+    "streamlearn_prediction_kl",
+    "streamlearn_replica_drift",
+    "streamlearn_diverging",
+    "streamlearn_consumer_lag",
+    "streamlearn_join_pending",
+    "streamlearn_checkpoint_age_seconds",
+    "streamlearn_workers",
+    "streamlearn_example_loss",
+    "streamlearn_update_staleness",
+    "streamlearn_batch_seconds",
+)
+
+LOSS_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, math.inf)
+STALENESS_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, math.inf)
+BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, math.inf)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"  # bind address of the scrape endpoint; loopback unless configured
+    port: int | None = None  # None: no endpoint
+    history: str | None = None  # JSON-lines file of periodic snapshots, for `streamlearn report`
+    history_every_seconds: float = 2.0
+    tls_certfile: str | None = None  # serve the endpoint over TLS when both are given
+    tls_keyfile: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise ValueError(f"metrics port: must be in 0..65535, got {self.port}")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("metrics tls: give both tls_certfile and tls_keyfile, or neither")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None, ewma: float = 0.05) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.ewma = ewma
+        self.events = Counter("streamlearn_events_total", "Events by topic and outcome "
+                              "(consumed, joined, invalid, duplicate, expired, evicted)", ["topic", "outcome"],
+                              registry=r)
+        self.examples = Counter("streamlearn_examples_total", "Examples learned, by polarity", ["polarity"],
+                                registry=r)
+        self.updates = Counter("streamlearn_updates_total", "Gradients applied to the model", registry=r)
+        self.divergence = Counter("streamlearn_divergence_events_total", "Divergence signals by kind", ["kind"],
+                                  registry=r)
+        self.rollbacks = Counter("streamlearn_rollbacks_total", "Rollbacks to the last good state", registry=r)
+        self.stale = Counter("streamlearn_stale_gradients_total", "Gradients past the staleness bound",
+                             ["action"], registry=r)
+        self.dlq = Counter("streamlearn_dlq_records_total", "Records sent to the dead-letter topic, by reason",
+                           ["reason"], registry=r)
+        self.loss = Gauge("streamlearn_loss", "Recent mean per-example loss", ["polarity"], registry=r)
+        self.accuracy = Gauge("streamlearn_progressive_accuracy", "Predict-before-learn accuracy (positives) "
+                              "and wrong-label avoidance (negatives), recent", ["polarity"], registry=r)
+        self.version = Gauge("streamlearn_model_version", "Parameter-server model version", registry=r)
+        self.grad_norm = Gauge("streamlearn_gradient_norm", "Norm of the latest gradient", registry=r)
+        self.weight_norm = Gauge("streamlearn_weight_norm", "Norm of the model's weights", registry=r)
+        self.kl = Gauge("streamlearn_prediction_kl", "KL(serving model || current model) on recent joined "
+                        "events, nats", registry=r)
+        self.drift = Gauge("streamlearn_replica_drift", "Distance between a worker's replica and the "
+                           "server's weights at its last pull", ["worker"], registry=r)
+        self.diverging = Gauge("streamlearn_diverging", "1 while the model is diverging", registry=r)
+        self.lag = Gauge("streamlearn_consumer_lag", "Records behind the end of the partition",
+                         ["topic", "partition"], registry=r)
+        self.pending = Gauge("streamlearn_join_pending", "Events waiting for their join partner", registry=r)
+        self.checkpoint_age = Gauge("streamlearn_checkpoint_age_seconds", "Seconds since the last checkpoint",
+                                    registry=r)
+        self.workers = Gauge("streamlearn_workers", "Live worker actors", registry=r)
+        self.example_loss = Histogram("streamlearn_example_loss", "Per-example loss", ["polarity"],
+                                      buckets=LOSS_BUCKETS, registry=r)
+        self.staleness = Histogram("streamlearn_update_staleness", "Versions a gradient lagged when applied",
+                                   buckets=STALENESS_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("streamlearn_batch_seconds", "Seconds to compute and push one group of "
+                                       "micro-batch gradients", buckets=BATCH_BUCKETS, registry=r)
+        self._recent: dict[str, float] = {}
+        self._pending: dict[int, int] = {}
+        self.last_checkpoint = time.time()
+        self._history: IO[str] | None = None
+        self._history_at = 0.0
+
+    # -- the scrape endpoint ---------------------------------------------------
+
+    def serve(self, cfg: MetricsConfig) -> int | None:
+        """Start the endpoint; returns the bound port (useful with port 0)."""
+        if cfg.port is None:
+            return None
+        server, _ = start_http_server(cfg.port, addr=cfg.host, registry=self.registry,
+                                      certfile=cfg.tls_certfile, keyfile=cfg.tls_keyfile)
+        self._server = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        server = getattr(self, "_server", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._history is not None:
+            self._history.close()
+
+    # -- folding in a worker's step --------------------------------------------
+
+    def _smooth(self, key: str, value: float, weight: int) -> float:
+        old = self._recent.get(key)
+        alpha = min(1.0, self.ewma * max(1, weight) / 8)
+        new = value if old is None else old + alpha * (value - old)
+        self._recent[key] = new
+        return new
+
+    def observe(self, r: StepResult) -> None:
+        for (topic, outcome), n in r.counts.items():
+            self.events.labels(topic, outcome).inc(n)
+        for outcome in ("joined", "duplicate", "expired", "evicted"):
+            if r.join.get(outcome):
+                self.events.labels("all", outcome).inc(r.join[outcome])
+        for reason, n in r.dead.items():
+            self.dlq.labels(reason).inc(n)
+        s = r.stats
+        applied_pos = sum(n for (_, pol), n in r.applied.items() if pol == "positive")
+        applied_neg = sum(n for (_, pol), n in r.applied.items() if pol == "negative")
+        self.examples.labels("positive").inc(applied_pos)
+        self.examples.labels("negative").inc(applied_neg)
+        if s.positive:
+            self.loss.labels("positive").set(self._smooth("loss+", s.loss_positive / s.positive, s.positive))
+            self.accuracy.labels("positive").set(self._smooth("acc+", s.positive_correct / s.positive,
+                                                              s.positive))
+        if s.negative:
+            self.loss.labels("negative").set(self._smooth("loss-", s.loss_negative / s.negative, s.negative))
+            self.accuracy.labels("negative").set(self._smooth("acc-", s.negative_avoided / s.negative,
+                                                              s.negative))
+        if s.kl_count:
+            self.kl.set(self._smooth("kl", s.kl_sum / s.kl_count, s.kl_count))
+        if s.grad_norm:
+            self.grad_norm.set(s.grad_norm)
+        self.updates.inc(sum(1 for _ in r.staleness) - r.dropped if r.staleness else 0)
+        for st in r.staleness:
+            self.staleness.observe(st)
+        if r.dropped:
+            self.stale.labels("dropped").inc(r.dropped)
+        if r.downweighted:
+            self.stale.labels("downweighted").inc(r.downweighted)
+        for sec in r.batch_seconds:
+            self.batch_seconds.observe(sec)
+        if r.replica_drift is not None:
+            self.drift.labels(str(r.worker)).set(r.replica_drift)
+        for (topic, partition), n in r.lag.items():
+            self.lag.labels(topic, str(partition)).set(n)
+        self._pending[r.worker] = r.pending
+        self.pending.set(sum(self._pending.values()))
+        self.version.set(r.version)
+
+    def observe_losses(self, positive: Iterable[float], negative: Iterable[float]) -> None:
+        for v in positive:
+            self.example_loss.labels("positive").observe(v)
+        for v in negative:
+            self.example_loss.labels("negative").observe(v)
+
+    def tick(self, history: str | None, every: float) -> None:
+        """Refresh time-based gauges; append a history snapshot when one is due."""
+        self.checkpoint_age.set(time.time() - self.last_checkpoint)
+        if history is None or time.time() - self._history_at < every:
+            return
+        if self._history is None:
+            self._history = open(history, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+        self._history_at = time.time()
+        self._history.write(json.dumps(self.snapshot()) + "\n")
+        self._history.flush()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Current values of every sample, keyed by name{labels}: the history file's rows."""
+        out: dict[str, Any] = {"time": time.time()}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name.endswith(("_bucket", "_created")):
+                    continue
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return out

@@ -1,0 +1,211 @@
+"""Parameter-server shards: optimizer steps, versions, staleness, row sharding.
+
+A model's parameters are split by rows across ``shards`` servers: shard s
+holds rows ``[lo_s, hi_s)`` of every parameter tensor and the optimizer state
+of those rows. SGD and Adagrad are element-wise, so a sharded server takes
+exactly the step an unsharded one would. The hashed model's gradients are
+sparse: a push carries only the rows a batch touched, and a pull can ask for
+only the rows a batch needs.
+
+Modes (``PSConfig.mode``):
+
+* ``async``: apply every gradient on arrival.
+* ``bounded``: like async, but a gradient computed on weights more than
+  ``max_staleness`` versions old is dropped (or down-weighted by
+  ``1 / (1 + excess)``), and counted.
+* ``sync``: one round = one gradient (or an explicit "nothing") from every
+  worker; the server averages the gradients it got and takes one step. A
+  round also closes ``sync_timeout_seconds`` after it opened, so a dead or
+  stuck worker cannot stall the job. The waiting lives in the Ray actor
+  (:mod:`streamlearn.actors`); :class:`Shard` only holds the round.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from streamlearn.learner import OptimConfig, build_optimizer
+from streamlearn.model import ModelConfig, build_model
+
+PS_MODES = ("sync", "async", "bounded")
+STALE_POLICIES = ("drop", "downweight")
+
+
+@dataclass(frozen=True)
+class PSConfig:
+    mode: str = "async"  # sync | async | bounded
+    shards: int = 1  # parameter-server actors, each holding a row range of every parameter
+    max_staleness: int = 32  # bounded: versions a gradient may lag behind the server
+    stale_policy: str = "drop"  # bounded: drop | downweight gradients past max_staleness
+    sync_timeout_seconds: float = 5.0  # sync: a round closes after this long even if a worker is silent
+    grads_per_push: int = 32  # async/bounded: micro-batch gradients per call, applied locally meanwhile
+    pull_every: int = 1  # pushes between weight pulls (a worker also pulls when max_staleness behind)
+
+    def __post_init__(self) -> None:
+        if self.mode not in PS_MODES:
+            raise ValueError(f"ps mode: unknown {self.mode!r}, choose one of {', '.join(PS_MODES)}")
+        if self.stale_policy not in STALE_POLICIES:
+            raise ValueError(f"ps stale_policy: unknown {self.stale_policy!r}, choose drop or downweight")
+        for name in ("shards", "max_staleness", "grads_per_push", "pull_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ps {name}: must be >= 1, got {getattr(self, name)}")
+        if not self.sync_timeout_seconds > 0:
+            raise ValueError("ps sync_timeout_seconds: must be > 0")
+
+
+def row_range(n_rows: int, shard: int, shards: int) -> tuple[int, int]:
+    """Rows [lo, hi) of a tensor with n_rows rows that shard ``shard`` holds."""
+    return (n_rows * shard) // shards, (n_rows * (shard + 1)) // shards
+
+
+def split(tensors: Sequence[torch.Tensor], shards: int) -> list[list[torch.Tensor]]:
+    """Split full-size gradients (dense or sparse COO) by rows: result[s] is shard s's slice."""
+    out: list[list[torch.Tensor]] = [[] for _ in range(shards)]
+    for t in tensors:
+        n = t.shape[0]
+        if t.is_sparse:
+            t = t.coalesce()
+            idx, vals = t.indices()[0], t.values()
+        for s in range(shards):
+            lo, hi = row_range(n, s, shards)
+            if t.is_sparse:
+                keep = (idx >= lo) & (idx < hi)
+                out[s].append(torch.sparse_coo_tensor((idx[keep] - lo)[None], vals[keep], (hi - lo, *t.shape[1:])))
+            else:
+                out[s].append(t[lo:hi])
+    return out
+
+
+def merge(slices: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """Inverse of :func:`split` for dense tensors: concatenate the shards' rows."""
+    return [torch.cat(parts, dim=0) for parts in zip(*slices, strict=True)]
+
+
+@dataclass
+class PushResult:
+    applied: int = 0  # gradients applied
+    dropped: int = 0  # bounded mode: too stale, not applied
+    downweighted: int = 0
+    staleness: list[int] = field(default_factory=list)  # per gradient, versions behind
+    kept: list[bool] = field(default_factory=list)  # per gradient, applied (not dropped as stale)
+    version: int = 0  # the shard's version after the push
+
+
+class Shard:
+    """Rows [lo, hi) of every parameter, with their optimizer state and a version counter."""
+
+    def __init__(self, index: int, cfg: PSConfig, model_cfg: ModelConfig, optim_cfg: OptimConfig) -> None:
+        self.index, self.cfg = index, cfg
+        full = build_model(model_cfg)
+        self.names = [n for n, _ in full.named_parameters()]
+        self.ranges = [row_range(p.shape[0], index, cfg.shards) for _, p in full.named_parameters()]
+        self.params = [nn.Parameter(p.detach()[lo:hi].clone()) for (_, p), (lo, hi)
+                       in zip(full.named_parameters(), self.ranges, strict=True)]
+        self.optimizer = build_optimizer(optim_cfg, self.params)
+        self.version = 0
+        self.clip_norm: float | None = None  # set by the divergence guard while diverging
+        self._good: dict[str, Any] | None = None
+        self.round: dict[int, list[torch.Tensor] | None] = {}  # sync: worker -> gradient (None: idle)
+
+    # -- updates -----------------------------------------------------------
+
+    def apply(self, grads: Sequence[Sequence[torch.Tensor]], versions: Sequence[int],
+              norms: Sequence[float]) -> PushResult:
+        """Async / bounded: apply each gradient in order (computed at ``versions``, full norms ``norms``)."""
+        out = PushResult()
+        for g, v, norm in zip(grads, versions, norms, strict=True):
+            stale = self.version - v
+            out.staleness.append(stale)
+            scale = 1.0
+            if self.cfg.mode == "bounded" and stale > self.cfg.max_staleness:
+                if self.cfg.stale_policy == "drop":
+                    out.dropped += 1
+                    out.kept.append(False)
+                    continue
+                scale = 1.0 / (1 + stale - self.cfg.max_staleness)
+                out.downweighted += 1
+            self._step(g, scale * self._clip_scale(norm))
+            out.applied += 1
+            out.kept.append(True)
+        out.version = self.version
+        return out
+
+    def add_to_round(self, worker: int, grads: Sequence[torch.Tensor] | None, norm: float) -> None:
+        """Sync: record this worker's gradient for the open round (None: it had nothing)."""
+        scaled = None if grads is None else [g * self._clip_scale(norm) for g in grads]
+        self.round[worker] = scaled
+
+    def close_round(self) -> int:
+        """Sync: average the round's gradients, take one step; returns how many were averaged."""
+        got = [g for g in self.round.values() if g is not None]
+        self.round = {}
+        if not got:
+            return 0
+        mean = [sum(parts[1:], parts[0]) / len(got) for parts in zip(*got, strict=True)]
+        self._step(mean, 1.0)
+        return len(got)
+
+    def _clip_scale(self, norm: float) -> float:
+        if self.clip_norm is None or not norm > self.clip_norm:
+            return 1.0
+        return self.clip_norm / norm
+
+    def _step(self, grads: Sequence[torch.Tensor], scale: float) -> None:
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g * scale if scale != 1.0 else g
+        self.optimizer.step()
+        self.version += 1
+
+    # -- reads -------------------------------------------------------------
+
+    def weights(self) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in self.params]
+
+    def rows(self, param: int, rows: torch.Tensor) -> torch.Tensor:
+        """Global ``rows`` of parameter ``param`` that fall in this shard (caller filters)."""
+        lo = self.ranges[param][0]
+        return self.params[param].detach()[rows - lo].clone()
+
+    def norm_sq(self) -> float:
+        return float(sum(float((p.detach().double() ** 2).sum()) for p in self.params))
+
+    # -- guard and checkpoints ---------------------------------------------
+
+    def mark_good(self) -> None:
+        self._good = self.state()
+
+    def rollback(self) -> bool:
+        if self._good is None:
+            return False
+        self.load(copy.deepcopy(self._good))
+        return True
+
+    def scale_lr(self, factor: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "params": [p.detach().clone() for p in self.params],
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "version": self.version,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        if state["index"] != self.index:
+            raise ValueError(f"checkpoint shard {state['index']} loaded into shard {self.index}")
+        with torch.no_grad():
+            for p, v in zip(self.params, state["params"], strict=True):
+                if p.shape != v.shape:
+                    raise ValueError(f"checkpoint shape {tuple(v.shape)} does not fit parameter {tuple(p.shape)}")
+                p.copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.version = state["version"]
+        self.round = {}

@@ -1,0 +1,210 @@
+"""A worker: consume its partitions, join, micro-batch, compute gradients, push, pull.
+
+Plain Python: the Ray actor in :mod:`streamlearn.actors` wraps it, and the
+parameter servers are reached through a :class:`ParamClient`, so the worker
+is testable without Ray or Kafka.
+
+One :meth:`Worker.step` polls one batch of records and trains on every full
+micro-batch it yields. Gradients for up to ``grads_per_push`` micro-batches
+are computed on the same replica weights and sent in one call (never one call
+per event); the replica pulls fresh weights every ``pull_every`` pushes, or
+as soon as it is ``max_staleness`` versions behind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from streamlearn.events import Example
+from streamlearn.ingest import DeadLetter, Ingest
+from streamlearn.learner import BatchStats, Learner
+from streamlearn.paramserver import PSConfig, PushResult
+from streamlearn.source import EventSource, TopicPartition
+
+# param index -> full tensor, or (rows (R,), values (R, ...)) for a sparse pull
+WeightUpdate = dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
+
+
+class ParamClient(Protocol):
+    def push(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
+             norms: Sequence[float]) -> PushResult: ...
+
+    def pull(self, rows: torch.Tensor | None) -> tuple[int, WeightUpdate]: ...
+
+
+@dataclass
+class StepResult:
+    """What one step did: the driver turns it into metrics and progress."""
+
+    worker: int
+    records: int = 0
+    stats: BatchStats = field(default_factory=BatchStats)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, outcome) deltas
+    join: Counter[str] = field(default_factory=Counter)  # join outcome deltas
+    dead: Counter[str] = field(default_factory=Counter)  # dead letters by reason
+    applied: Counter[tuple[int, str]] = field(default_factory=Counter)  # (partition, polarity) deltas
+    staleness: list[int] = field(default_factory=list)
+    dropped: int = 0
+    downweighted: int = 0
+    pushes: int = 0
+    version: int = 0
+    replica_drift: float | None = None
+    batch_seconds: list[float] = field(default_factory=list)
+    push_seconds: float = 0.0
+    pending: int = 0
+    exhausted: bool = False
+    lag: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(self, worker: int, learner: Learner, ingest: Ingest, source: EventSource, ps: ParamClient,
+                 ps_cfg: PSConfig, dead_letters: Callable[[list[DeadLetter]], None] | None = None,
+                 max_records: int = 2000) -> None:
+        self.id = worker
+        self.learner, self.ingest, self.source, self.ps, self.cfg = learner, ingest, source, ps, ps_cfg
+        self.dead_letters = dead_letters
+        self.max_records = max_records
+        self.buffer: list[Example] = []
+        self.applied: Counter[tuple[int, str]] = Counter()  # lineage: examples in the model
+        self.version = 0
+        self.pushes_since_pull = 0
+        self._behind = 0  # versions the replica lagged at the last push
+        self._pulled_once = False
+
+    # -- the loop ------------------------------------------------------------
+
+    def step(self, drain: bool = False) -> StepResult:
+        """Poll once and learn from every full micro-batch; ``drain`` also learns a partial one."""
+        out = StepResult(self.id)
+        before_counts, before_join = Counter(self.ingest.counts), self.ingest.join_counts()
+        records = self.source.next_batch(self.max_records)
+        out.records = len(records)
+        res = self.ingest.process(records)
+        if res.dead:
+            if self.dead_letters is not None:
+                self.dead_letters(res.dead)
+            out.dead.update(d.reason for d in res.dead)
+        self.buffer.extend(res.examples)
+        size = self.learner.optim_cfg.batch_size
+        batches = []
+        while len(self.buffer) >= size or (drain and self.buffer):
+            batches.append(self.buffer[:size])
+            self.buffer = self.buffer[size:]
+        group = 1 if self.cfg.mode == "sync" else self.cfg.grads_per_push
+        for i in range(0, len(batches), group):
+            self._train(batches[i : i + group], out)
+        if not batches and self.cfg.mode == "sync":
+            self._push(None, [], out)  # say "nothing this round" so the round can close
+        out.counts = Counter(self.ingest.counts) - before_counts
+        out.join = self.ingest.join_counts() - before_join
+        out.pending = self.ingest.pending + len(self.buffer)
+        out.version = self.version
+        out.exhausted = bool(getattr(self.source, "exhausted", False))
+        lag = getattr(self.source, "lag", None)
+        if callable(lag):
+            out.lag = lag()
+        return out
+
+    def _train(self, batches: list[list[Example]], out: StepResult) -> None:
+        """Compute (and, outside sync mode, apply locally) each batch's gradient; push them in one call.
+
+        Applying locally means the i-th gradient of a group sees the worker's own i - 1
+        earlier steps, so one worker reproduces the single-process loop exactly and
+        only other workers' updates make a gradient stale.
+        """
+        start = time.perf_counter()
+        prepared = [self.learner.batch(b) for b in batches]
+        if self._pull_due():
+            self._pull(prepared, out)
+        local = self.cfg.mode != "sync"
+        grads, norms, kept = [], [], []
+        for b, p in zip(batches, prepared, strict=True):
+            g, stats = self.learner.gradients(p)
+            stats.losses = stats.losses if out.stats.examples < 4096 else []
+            out.stats.add(stats)
+            if g is None:
+                continue
+            g = [t.detach().clone() for t in g]
+            if local:
+                self.learner.apply(g)
+            grads.append(g)
+            norms.append(stats.grad_norm)
+            kept.append(b)
+        out.batch_seconds.append(time.perf_counter() - start)
+        if not grads:
+            return
+        result = self._push(grads, norms, out)
+        # credit the examples of every gradient the server applied (sync: the round's average)
+        applied = result.kept or [True] * len(kept)
+        for b, ok in zip(kept, applied, strict=True):
+            if not ok:
+                continue
+            for ex in b:
+                key = (ex.partition, "positive" if ex.positive else "negative")
+                self.applied[key] += 1
+                out.applied[key] += 1
+
+    def _push(self, grads: list[list[torch.Tensor]] | None, norms: list[float], out: StepResult) -> PushResult:
+        t = time.perf_counter()
+        result = self.ps.push(self.id, grads, self.version, norms)
+        out.push_seconds += time.perf_counter() - t
+        out.pushes += 1
+        out.staleness.extend(result.staleness)
+        self._behind = max(result.staleness, default=0)
+        out.dropped += result.dropped
+        out.downweighted += result.downweighted
+        self.pushes_since_pull += 1
+        if self.cfg.mode == "sync":
+            self.version = result.version  # the round closed with our gradient in it
+        return result
+
+    def _pull_due(self) -> bool:
+        return (not self._pulled_once or self.cfg.mode == "sync" or self.learner.model.sparse
+                or self.pushes_since_pull >= self.cfg.pull_every
+                or self.cfg.mode == "bounded" and self._behind >= self.cfg.max_staleness)
+
+    def _pull(self, prepared: Sequence[Any], out: StepResult) -> None:
+        rows = None
+        if self.learner.model.sparse:
+            rows = torch.unique(torch.cat([p.inputs[0] for p in prepared]))
+        version, update = self.ps.pull(rows)
+        params = list(self.learner.model.parameters())
+        drift = 0.0
+        with torch.no_grad():
+            for i, value in update.items():
+                if isinstance(value, tuple):
+                    r, v = value
+                    drift += float(((params[i][r] - v).double() ** 2).sum())
+                    params[i][r] = v
+                else:
+                    drift += float(((params[i] - value).double() ** 2).sum())
+                    params[i].copy_(value)
+        if self._pulled_once:
+            out.replica_drift = drift**0.5
+        self._pulled_once = True
+        self.version = version
+        self.pushes_since_pull = 0
+
+    # -- checkpoints ----------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything this worker must resume from, consistent with what it pushed so far."""
+        return {
+            "ingest": self.ingest.snapshot(),
+            "positions": self.source.positions(),
+            "buffer": list(self.buffer),
+            "applied": dict(self.applied),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.ingest.restore(state["ingest"])
+        self.source.seek(state["positions"])
+        self.buffer = list(state["buffer"])
+        self.applied = Counter(state["applied"])
+        self._pulled_once = False
