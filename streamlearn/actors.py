@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 
@@ -32,12 +33,13 @@ class ParamServerActor:
         self._round = 0
         self._round_size = 0
 
-    async def push(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
-                   norms: Sequence[float]) -> PushResult:
+    async def push(self, worker: int, grads: Any, version: int, norms: Sequence[float],
+                   pull: bool = False) -> tuple[PushResult, WeightUpdate | None]:
+        grads = self._unpack(grads)
         if self.cfg.mode != "sync":
-            if not grads:
-                return PushResult(version=self.shard.version)
-            return self.shard.apply(grads, [version] * len(grads), norms)
+            result = self.shard.apply(grads, [version + i for i in range(len(grads))], norms) if grads else \
+                PushResult(version=self.shard.version)
+            return result, (self._weights(None) if pull else None)
         self.shard.add_to_round(worker, grads[0] if grads else None, norms[0] if norms else 0.0)
         closed, round_id = self._closed, self._round
         if len(self.shard.round) == 1:
@@ -46,7 +48,21 @@ class ParamServerActor:
             self._close_round()
         await closed.wait()
         kept = [True] if grads else []
-        return PushResult(applied=len(kept), kept=kept, staleness=[0] * len(kept), version=self.shard.version)
+        result = PushResult(applied=len(kept), kept=kept, staleness=[0] * len(kept), version=self.shard.version)
+        return result, (self._weights(None) if pull else None)
+
+    def _unpack(self, grads: Any) -> list[list[torch.Tensor]]:
+        """Dense gradients travel as one (k, P) array: rows are gradients, flattened over the shard's params."""
+        if not isinstance(grads, np.ndarray):
+            return list(grads or [])
+        out = []
+        for row in torch.from_numpy(np.array(grads)):  # a writable copy of Ray's read-only buffer
+            parts, at = [], 0
+            for p in self.shard.params:
+                parts.append(row[at : at + p.numel()].view_as(p))
+                at += p.numel()
+            out.append(parts)
+        return out
 
     def _close_round(self) -> None:
         self._round_size = self.shard.close_round()
@@ -60,6 +76,9 @@ class ParamServerActor:
             self._close_round()
 
     async def pull(self, rows: torch.Tensor | None) -> tuple[int, WeightUpdate]:
+        return self.shard.version, self._weights(rows)
+
+    def _weights(self, rows: torch.Tensor | None) -> WeightUpdate:
         out: WeightUpdate = {}
         for i, p in enumerate(self.shard.params):
             lo, hi = self.shard.ranges[i]
@@ -68,7 +87,7 @@ class ParamServerActor:
                 out[i] = (mine, self.shard.rows(i, mine))
             else:
                 out[i] = p.detach().clone()
-        return self.shard.version, out
+        return out
 
     async def set_workers(self, workers: int) -> None:
         self.workers = workers
@@ -88,28 +107,39 @@ class RayParamClient:
         self.shards = list(shards)
 
     def push(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
-             norms: Sequence[float]) -> PushResult:
+             norms: Sequence[float], pull: bool = False) -> tuple[PushResult, WeightUpdate | None]:
         n = len(self.shards)
-        if grads is None or n == 1:
-            per_shard: list[Any] = [grads] * n
+        if grads is None:
+            per_shard: list[Any] = [None] * n
         else:
-            parts = [split(g, n) for g in grads]  # [grad][shard] -> tensors
-            per_shard = [[p[s] for p in parts] for s in range(n)]
-        results = ray.get([s.push.remote(worker, g, version, norms) for s, g in zip(self.shards, per_shard,
-                                                                                      strict=True)])
-        return results[0]
+            parts = [split(g, n) for g in grads] if n > 1 else [[list(g)] for g in grads]  # [grad][shard]
+            per_shard = [_pack([p[s] for p in parts]) for s in range(n)]
+        results = ray.get([s.push.remote(worker, g, version, norms, pull)
+                           for s, g in zip(self.shards, per_shard, strict=True)])
+        return results[0][0], (self._merge([(0, r[1]) for r in results]) if pull else None)
 
     def pull(self, rows: torch.Tensor | None) -> tuple[int, WeightUpdate]:
         results = ray.get([s.pull.remote(rows) for s in self.shards])
-        version = results[0][0]
+        return results[0][0], self._merge(results)
+
+    @staticmethod
+    def _merge(results: Sequence[tuple[int, WeightUpdate]]) -> WeightUpdate:
+        """Join the shards' row ranges (dense) or requested rows (sparse) into one update."""
         merged: WeightUpdate = {}
         for i in results[0][1]:
             parts = [r[1][i] for r in results]
             if isinstance(parts[0], tuple):
                 merged[i] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
             else:
-                merged[i] = torch.cat(parts, dim=0)
-        return version, merged
+                merged[i] = torch.cat([p for p in parts if isinstance(p, torch.Tensor)], dim=0)
+        return merged
+
+
+def _pack(grads: list[list[torch.Tensor]]) -> Any:
+    """Dense gradients as one (k, P) float32 array (one object to serialise, not k x params tensors)."""
+    if any(t.is_sparse for g in grads for t in g):
+        return grads
+    return torch.stack([torch.cat([t.reshape(-1) for t in g]) for g in grads]).numpy()
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)

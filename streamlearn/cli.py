@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--rate", type=float, default=None,
                          help="events per second (default: as fast as possible)")
     produce.add_argument("--pack", type=_positive_int, default=64, help="binary: events per Kafka record")
+
+    report = sub.add_parser("report", help="draw a PNG of a run from its --metrics-history file")
+    report.add_argument("--history", required=True, help="JSON-lines metrics history written by a run")
+    report.add_argument("--out", required=True, help="PNG file to write")
     return parser
 
 
@@ -396,8 +400,15 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from streamlearn.report import report
+
+    _emit(report(args.history, args.out))
+    return 0
+
+
 COMMANDS = {"evaluate": cmd_evaluate, "demo": cmd_demo, "run": cmd_run, "topics": cmd_topics,
-            "produce": cmd_produce}
+            "produce": cmd_produce, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

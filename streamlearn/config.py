@@ -92,16 +92,16 @@ class KafkaConfig:
     sasl_password_file: str | None = None
 
     def password(self) -> str | None:
-        env = os.environ.get("STREAMLEARN_KAFKA_SASL_PASSWORD")
-        if env:
-            return env
+        """The SASL password: from ``sasl_password_file`` if set, else $STREAMLEARN_KAFKA_SASL_PASSWORD."""
+        if not self.security_protocol.startswith("SASL"):
+            return None
         if self.sasl_password_file:
             try:
                 return Path(self.sasl_password_file).read_text().strip()
             except OSError as exc:
                 raise ConfigError(f"kafka.sasl_password_file: cannot read {self.sasl_password_file}: "
                                   f"{exc.strerror}") from exc
-        return None
+        return os.environ.get("STREAMLEARN_KAFKA_SASL_PASSWORD") or None
 
 
 @dataclass(frozen=True)

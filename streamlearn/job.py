@@ -49,8 +49,8 @@ log = logging.getLogger("streamlearn.job")
 def build_source(cfg: JobConfig, partitions: list[int]) -> tuple[EventSource, Callable[..., None] | None, Any]:
     """(source, dead-letter writer, sink to close) for a worker's partitions."""
     if cfg.source == "embedded":
-        sim = Simulator(cfg.sim, cfg.data)
-        src = MemorySource(sim.events(block=64), cfg.partitions, partitions, codec=cfg.codec)
+        src = MemorySource(lambda: Simulator(cfg.sim, cfg.data).events(block=64), cfg.partitions, partitions,
+                           codec=cfg.codec)
         return src, None, None
     from streamlearn.kafka_source import DeadLetterSink, KafkaSource
 
@@ -94,6 +94,7 @@ class Totals:
     dead: Counter[str] = field(default_factory=Counter)
     updates: int = 0
     dropped: int = 0
+    dropped_examples: int = 0
     pushes: int = 0
     push_seconds: float = 0.0
     step_seconds: float = 0.0
@@ -107,6 +108,7 @@ class Totals:
         self.dead.update(r.dead)
         self.updates += len(r.staleness) - r.dropped
         self.dropped += r.dropped
+        self.dropped_examples += r.dropped_examples
         self.pushes += r.pushes
         self.push_seconds += r.push_seconds
         self.step_seconds += sum(r.batch_seconds)
@@ -233,6 +235,8 @@ class Job:
                     exhausted.add(w)
                 if not self._stopping(start, last_records, exhausted):
                     inflight[self.workers[w].step.remote()] = w
+                elif cfg.ps.mode == "sync":  # don't let the others' rounds wait for a worker that stopped
+                    ray.get([s.set_workers.remote(max(1, len(inflight))) for s in self.shards])
             now = time.monotonic()
             if now - norm_at > 0.5 and not self._stop.is_set():
                 norm = self._weight_norm()
@@ -251,6 +255,7 @@ class Job:
                 self.progress(self._progress_line(now - start))
             self._stopping(start, last_records, exhausted)
         # drain: learn the partial micro-batches, then a final checkpoint
+        ray.get([s.set_workers.remote(len(self.workers)) for s in self.shards])
         drained = ray.get([w.step.remote(drain=True) for w in self.workers])
         for r in drained:
             self._fold(r)
@@ -387,6 +392,7 @@ class Job:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)  # the actor is still restarting
+        ray.get([s.set_workers.remote(len(self.workers)) for s in self.shards])
         for i, w in enumerate(self.workers):
             inflight[w.step.remote()] = i
 
@@ -425,6 +431,7 @@ class Job:
             "offsets": dict(sorted(positions.items())),
             "updates": t.updates,
             "stale_dropped": t.dropped,
+            "stale_dropped_examples": t.dropped_examples,
             "divergence_events": dict(self.detector.events),
             "diverged": bool(sum(self.detector.events.values())),
             "rollbacks": self.rollbacks,
@@ -439,10 +446,11 @@ class Job:
             "events_per_second": round(consumed / seconds, 1) if seconds > 0 else None,
             "push_fraction": round(t.push_seconds / t.step_seconds, 4) if t.step_seconds else None,
         }
+        self.weights = self.final_weights()  # kept for callers after the actors are gone
         if cfg.source == "embedded":
             learner = Learner(cfg.model, cfg.objective, cfg.optim)
             with torch.no_grad():
-                for p, v in zip(learner.model.parameters(), self.final_weights(), strict=True):
+                for p, v in zip(learner.model.parameters(), self.weights, strict=True):
                     p.copy_(v)
             data = Dataset(cfg.data)
             x, y = data.heldout()

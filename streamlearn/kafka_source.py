@@ -247,8 +247,9 @@ class KafkaSource:
     (topic, partition); a pair missing there starts at the earliest offset.
     ``positions()`` only ever moves past records that ``next_batch`` returned.
     Broker outages are retried with backoff (``next_batch`` returns ``[]``
-    meanwhile); bad credentials, ACLs or missing topics raise
-    :class:`KafkaSetupError`.
+    meanwhile, after at most ``max_backoff_s`` plus ``probe_timeout_ms``, or
+    ``connect_timeout_ms`` while the broker was never reached); bad
+    credentials, ACLs or missing topics raise :class:`KafkaSetupError`.
     """
 
     def __init__(
@@ -274,6 +275,8 @@ class KafkaSource:
         self._down_since: float | None = None  # last healthy moment before the current outage
         self._last_ok = time.monotonic()  # last records or successful probe
         self.records = 0  # records returned by next_batch, over the source's life
+        self._ends: dict[TopicPartition, int] = {}  # latest known end offsets, for lag()
+        self._ends_asked = float("-inf")  # when lag() last asked the broker for them
         self._closed = False
         self.seek(dict(positions or {}))
         self._connected(sleep=False)  # fail fast on missing topics; an unreachable broker is retried later
@@ -357,26 +360,32 @@ class KafkaSource:
         return True
 
     def lag(self) -> dict[tuple[str, int], int]:
-        """Records behind the end of each owned (topic, partition); {} while the broker is unreachable."""
-        consumer = self._connected(sleep=False)
+        """Records behind the end of each owned (topic, partition): cheap enough to call every step.
+
+        End offsets come from the high watermarks of fetch responses (no
+        request); pairs without one yet are asked for at most once per
+        ``idle_probe_s``, never while the broker is down. Pairs with no known
+        end are left out ({} before the first connection).
+        """
+        consumer = self._consumer  # never connects: a monitoring call must not block on a dead broker
         if consumer is None:
             return {}
-        try:
-            ends = consumer.end_offsets(self._tps, timeout_ms=self.cfg.probe_timeout_ms)
-            starts = {}
-            unresolved = [tp for tp in self._tps if (tp.topic, tp.partition) not in self._positions]
-            if unresolved:
-                starts = consumer.beginning_offsets(unresolved, timeout_ms=self.cfg.probe_timeout_ms)
-        except Exception as exc:
-            log.warning("kafka source: lag unavailable (%s)", _what(exc))
-            return {}
+        ends = self._ends
+        for tp in self._tps:
+            hw = consumer.highwater(tp)
+            if hw is not None:
+                ends[tp] = hw
+        unknown = [tp for tp in self._tps if tp not in ends]
+        now = time.monotonic()
+        if unknown and self._down_since is None and now - self._ends_asked >= self.cfg.idle_probe_s:
+            self._ends_asked = now
+            try:
+                ends.update(consumer.end_offsets(unknown, timeout_ms=self.cfg.probe_timeout_ms))
+            except Exception as exc:
+                log.warning("kafka source: end offsets unavailable (%s)", _what(exc))
         pos = self.positions()
-        out = {}
-        for tp, end in ends.items():
-            key = (tp.topic, tp.partition)
-            start = pos.get(key, starts.get(tp, 0))
-            out[key] = max(0, end - start)
-        return out
+        return {(tp.topic, tp.partition): max(0, end - pos[(tp.topic, tp.partition)])
+                for tp, end in ends.items() if (tp.topic, tp.partition) in pos}
 
     # -- connection, seeks and retries -------------------------------------
 
@@ -493,6 +502,11 @@ class KafkaSource:
 # dead letters
 
 
+def _utf8_prefix(text: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``text`` as UTF-8, never cutting a character in half."""
+    return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
 class DeadLetterSink:
     """Writes :class:`~streamlearn.ingest.DeadLetter` records to the DLQ topic.
 
@@ -519,7 +533,7 @@ class DeadLetterSink:
         rec = dead.record
         headers = [
             (H_ERROR, dead.reason.encode()),
-            (H_DETAIL, dead.detail.encode("utf-8", "replace")[: self.max_detail_bytes]),
+            (H_DETAIL, _utf8_prefix(dead.detail, self.max_detail_bytes)),
             (H_TOPIC, rec.topic.encode()),
             (H_PARTITION, str(rec.partition).encode()),
             (H_OFFSET, str(rec.offset).encode()),

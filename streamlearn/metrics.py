@@ -128,7 +128,10 @@ class Metrics:
             server.shutdown()
             server.server_close()
         if self._history is not None:
+            # the final state (the last interval and the drain) would otherwise be missing from the history
+            self._history.write(json.dumps(self.snapshot()) + "\n")
             self._history.close()
+            self._history = None
 
     # -- folding in a worker's step --------------------------------------------
 

@@ -41,7 +41,7 @@ STALE_POLICIES = ("drop", "downweight")
 class PSConfig:
     mode: str = "async"  # sync | async | bounded
     shards: int = 1  # parameter-server actors, each holding a row range of every parameter
-    max_staleness: int = 32  # bounded: versions a gradient may lag behind the server
+    max_staleness: int = 64  # bounded: other workers' updates a gradient may not have seen
     stale_policy: str = "drop"  # bounded: drop | downweight gradients past max_staleness
     sync_timeout_seconds: float = 5.0  # sync: a round closes after this long even if a worker is silent
     grads_per_push: int = 32  # async/bounded: micro-batch gradients per call, applied locally meanwhile
@@ -117,7 +117,12 @@ class Shard:
 
     def apply(self, grads: Sequence[Sequence[torch.Tensor]], versions: Sequence[int],
               norms: Sequence[float]) -> PushResult:
-        """Async / bounded: apply each gradient in order (computed at ``versions``, full norms ``norms``)."""
+        """Async / bounded: apply each gradient in order.
+
+        ``versions[i]`` is the version gradient i was computed at, counting the
+        pushing worker's own earlier gradients (which its replica applied
+        locally), so staleness counts only updates the worker had not seen.
+        """
         out = PushResult()
         for g, v, norm in zip(grads, versions, norms, strict=True):
             stale = self.version - v
@@ -209,3 +214,30 @@ class Shard:
         self.optimizer.load_state_dict(state["optimizer"])
         self.version = state["version"]
         self.round = {}
+
+
+class LocalParamClient:
+    """In-process shards behind the worker's ParamClient interface (async and bounded modes).
+
+    For tests and single-process runs; the Ray client is
+    :class:`streamlearn.actors.RayParamClient`.
+    """
+
+    def __init__(self, shards: Sequence[Shard]) -> None:
+        if any(s.cfg.mode == "sync" for s in shards):
+            raise ValueError("LocalParamClient: sync rounds need the Ray actor (it waits for every worker)")
+        self.shards = list(shards)
+
+    def push(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
+             norms: Sequence[float], pull: bool = False) -> tuple[PushResult, dict[int, Any] | None]:
+        result = PushResult(version=self.shards[0].version)
+        if grads:
+            parts = [split(g, len(self.shards)) for g in grads]
+            results = [s.apply([p[i] for p in parts], [version + j for j in range(len(grads))], norms)
+                       for i, s in enumerate(self.shards)]
+            result = results[0]
+        return result, (self.pull(None)[1] if pull else None)
+
+    def pull(self, rows: torch.Tensor | None) -> tuple[int, dict[int, Any]]:
+        full = merge([s.weights() for s in self.shards])
+        return self.shards[0].version, dict(enumerate(full))

@@ -11,7 +11,7 @@ which is what a checkpoint stores; ``seek`` restarts from such positions;
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -58,14 +58,16 @@ class MemorySource:
 
     def __init__(
         self,
-        events: Iterable[Event],
+        events: Iterable[Event] | Callable[[], Iterable[Event]],
         partitions: int = 1,
         partitions_owned: Sequence[int] | None = None,
         codec: str = "json",
         predictions_topic: str = "predictions",
         feedback_topic: str = "feedback",
     ) -> None:
-        self._events = iter(events)
+        # a factory can replay the stream from the start, so seek() can also go back
+        self._factory = events if callable(events) else None
+        self._events = iter(events() if callable(events) else events)
         self.partitions = partitions
         self.owned = set(range(partitions) if partitions_owned is None else partitions_owned)
         self.codec = codec
@@ -100,8 +102,14 @@ class MemorySource:
         return {tp: max(n, self._skip.get(tp, 0)) for tp, n in self._next.items()}
 
     def seek(self, positions: dict[TopicPartition, int]) -> None:
-        """Skip records before these offsets (the stream replays deterministically)."""
-        self._skip = dict(positions)
+        """Resume at these offsets: replay from the start (if built from a factory) and skip what came before."""
+        if self._factory is not None:
+            self._events = iter(self._factory())
+            self._next = dict.fromkeys(self._next, 0)
+            self.exhausted = False
+        elif any(self._next[tp] > off for tp, off in positions.items() if tp in self._next):
+            raise ValueError("MemorySource: cannot seek backwards without an event factory")
+        self._skip = {tp: off for tp, off in positions.items() if tp in self._next}
 
     def close(self) -> None:
         self.exhausted = True

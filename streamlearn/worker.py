@@ -33,7 +33,9 @@ WeightUpdate = dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 
 class ParamClient(Protocol):
     def push(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
-             norms: Sequence[float]) -> PushResult: ...
+             norms: Sequence[float], pull: bool = False) -> tuple[PushResult, WeightUpdate | None]:
+        """Send gradients; with ``pull``, the reply also carries the weights after applying them."""
+        ...
 
     def pull(self, rows: torch.Tensor | None) -> tuple[int, WeightUpdate]: ...
 
@@ -50,7 +52,8 @@ class StepResult:
     dead: Counter[str] = field(default_factory=Counter)  # dead letters by reason
     applied: Counter[tuple[int, str]] = field(default_factory=Counter)  # (partition, polarity) deltas
     staleness: list[int] = field(default_factory=list)
-    dropped: int = 0
+    dropped: int = 0  # gradients past the staleness bound, not applied
+    dropped_examples: int = 0  # their examples: not in the model
     downweighted: int = 0
     pushes: int = 0
     version: int = 0
@@ -74,6 +77,7 @@ class Worker:
         self.applied: Counter[tuple[int, str]] = Counter()  # lineage: examples in the model
         self.version = 0
         self.pushes_since_pull = 0
+        self.local_since_pull = 0  # own gradients applied to the replica since the last pull
         self._behind = 0  # versions the replica lagged at the last push
         self._pulled_once = False
 
@@ -139,20 +143,25 @@ class Worker:
         out.batch_seconds.append(time.perf_counter() - start)
         if not grads:
             return
-        result = self._push(grads, norms, out)
+        result = self._push(grads, norms, out, pull=self._pull_due(after_push=True))
         # credit the examples of every gradient the server applied (sync: the round's average)
         applied = result.kept or [True] * len(kept)
         for b, ok in zip(kept, applied, strict=True):
             if not ok:
+                out.dropped_examples += len(b)
                 continue
             for ex in b:
                 key = (ex.partition, "positive" if ex.positive else "negative")
                 self.applied[key] += 1
                 out.applied[key] += 1
 
-    def _push(self, grads: list[list[torch.Tensor]] | None, norms: list[float], out: StepResult) -> PushResult:
+    def _push(self, grads: list[list[torch.Tensor]] | None, norms: list[float], out: StepResult,
+              pull: bool = False) -> PushResult:
         t = time.perf_counter()
-        result = self.ps.push(self.id, grads, self.version, norms)
+        # the replica already holds our own earlier gradients since the last pull
+        result, weights = self.ps.push(self.id, grads, self.version + self.local_since_pull, norms, pull)
+        if self.cfg.mode != "sync":
+            self.local_since_pull += len(grads or [])
         out.push_seconds += time.perf_counter() - t
         out.pushes += 1
         out.staleness.extend(result.staleness)
@@ -160,20 +169,29 @@ class Worker:
         out.dropped += result.dropped
         out.downweighted += result.downweighted
         self.pushes_since_pull += 1
-        if self.cfg.mode == "sync":
+        if weights is not None:
+            self._load(result.version, weights, out)
+        elif self.cfg.mode == "sync":
             self.version = result.version  # the round closed with our gradient in it
         return result
 
-    def _pull_due(self) -> bool:
-        return (not self._pulled_once or self.cfg.mode == "sync" or self.learner.model.sparse
-                or self.pushes_since_pull >= self.cfg.pull_every
-                or self.cfg.mode == "bounded" and self._behind >= self.cfg.max_staleness)
+    def _pull_due(self, after_push: bool = False) -> bool:
+        """Dense models pull with the push that makes one due; sparse ones pull the rows a group needs first."""
+        if self.learner.model.sparse:
+            return not after_push
+        if not after_push:
+            return not self._pulled_once
+        return (self.cfg.mode == "sync" or self.pushes_since_pull + 1 >= self.cfg.pull_every
+                or (self.cfg.mode == "bounded" and self._behind >= self.cfg.max_staleness))
 
     def _pull(self, prepared: Sequence[Any], out: StepResult) -> None:
         rows = None
         if self.learner.model.sparse:
             rows = torch.unique(torch.cat([p.inputs[0] for p in prepared]))
         version, update = self.ps.pull(rows)
+        self._load(version, update, out)
+
+    def _load(self, version: int, update: WeightUpdate, out: StepResult) -> None:
         params = list(self.learner.model.parameters())
         drift = 0.0
         with torch.no_grad():
@@ -190,6 +208,7 @@ class Worker:
         self._pulled_once = True
         self.version = version
         self.pushes_since_pull = 0
+        self.local_since_pull = 0
 
     # -- checkpoints ----------------------------------------------------------
 

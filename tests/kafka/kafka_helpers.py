@@ -1,0 +1,71 @@
+"""Shared helpers of the kafka tier (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from streamlearn.codec import decode
+from streamlearn.events import Event, Example, Feedback, Prediction, Schema
+from streamlearn.ingest import DeadLetter, Ingest
+from streamlearn.kafka_source import KafkaSettings, KafkaSource
+from streamlearn.simulate import DataConfig, SimConfig, Simulator
+from streamlearn.source import Record
+
+SCHEMA = Schema.from_spec(10, 64)  # the digits stream
+
+
+@dataclass
+class Drained:
+    records: list[Record] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+    def keys(self) -> list[tuple[str, int, int]]:
+        return [(r.topic, r.partition, r.offset) for r in self.records]
+
+
+def drain(source: KafkaSource, ingest: Ingest, want: int, deadline_s: float = 60.0,
+          batch: int = 1000) -> Drained:
+    """Read until ``want`` records came (or the deadline passed, which the caller's asserts catch)."""
+    out = Drained()
+    end = time.monotonic() + deadline_s
+    while len(out.records) < want and time.monotonic() < end:
+        recs = source.next_batch(min(batch, want - len(out.records)))
+        res = ingest.process(recs)
+        out.records += recs
+        out.examples += res.examples
+        out.dead += res.dead
+    return out
+
+
+def simulate(events: int, seed: int = 0, **sim: float) -> list[Event]:
+    return list(Simulator(SimConfig(events=events, seed=seed, **sim), DataConfig(seed=seed)).events())  # type: ignore[arg-type]
+
+
+def identity(events: list[Event]) -> Counter[tuple[str, str, float]]:
+    """Multiset of (kind, id, ts): what "every event exactly once" compares."""
+    return Counter(("prediction" if isinstance(e, Prediction) else "feedback", e.id, e.ts) for e in events)
+
+
+def decoded(records: list[Record]) -> list[Event]:
+    return [ev for r in records for ev in decode(r.value, r.kind, SCHEMA)]
+
+
+def expected_examples(events: list[Event]) -> int:
+    """Ids with both a prediction and a feedback: each joins exactly once (no TTL expiry at this scale)."""
+    preds = {e.id for e in events if isinstance(e, Prediction)}
+    return len({e.id for e in events if isinstance(e, Feedback) and e.id in preds})
+
+
+def run_cli(settings: KafkaSettings, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("STREAMLEARN_KAFKA_BOOTSTRAP", None)
+    cmd = [sys.executable, "-m", "streamlearn.cli", *args, "--bootstrap-servers", settings.bootstrap_servers,
+           "--predictions-topic", settings.predictions_topic, "--feedback-topic", settings.feedback_topic,
+           "--dlq-topic", settings.dlq_topic]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
