@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--objective", choices=OBJECTIVES, default="mixed")
     _add_job(demo, embedded=True)
 
+    predict = sub.add_parser("predict", help="score feature JSON lines (stdin) with the newest checkpoint")
+    predict.add_argument("--checkpoint-dir", required=True, help="where `run --checkpoint-dir` saved the model")
+
     run = sub.add_parser("run", help="the main job: consume Kafka, train on Ray, checkpoint, export metrics",
                          allow_abbrev=False)
     _add_kafka(run, suppress=True)
@@ -298,6 +301,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from streamlearn.predict import load_model, predict_lines
+
+    learner, schema, info = load_model(args.checkpoint_dir)
+    _log(f"predict: model version {info['version']} from {info['checkpoint']}")
+    for out in predict_lines(learner, schema, sys.stdin):
+        _emit(out)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     data, sim = stream_configs(args)
     overrides = job_overrides(args)
@@ -316,12 +329,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def eval_config(args: argparse.Namespace, objective: str, guard_default: str) -> EvalConfig:
-    data = DataConfig(args.dataset, args.n_features, args.classes, args.noise, args.drift,
-                      args.sparse_active, args.seed)
-    sim = SimConfig(events=args.events, policy=args.policy, epsilon=args.epsilon,
-                    judged_share=args.judged_share, label_share=args.label_share,
-                    label_noise=args.label_noise, duplicate_share=args.duplicate_share,
-                    out_of_order_share=args.out_of_order_share, delay_mean=args.delay_mean, seed=args.seed)
+    data, sim = stream_configs(args)
     model = ModelConfig(args.model, hidden=args.hidden, buckets=args.buckets, seed=args.seed)
     optim = OptimConfig(args.optimizer, args.lr, args.batch_size)
     return EvalConfig(data=data, sim=sim, model=model, optim=optim,
@@ -407,7 +415,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "demo": cmd_demo, "run": cmd_run, "topics": cmd_topics,
+COMMANDS = {"evaluate": cmd_evaluate, "demo": cmd_demo, "run": cmd_run, "predict": cmd_predict, "topics": cmd_topics,
             "produce": cmd_produce, "report": cmd_report}
 
 

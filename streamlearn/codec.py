@@ -102,7 +102,7 @@ def prediction_from_dict(obj: Mapping[str, Any], schema: Schema) -> Prediction:
     return Prediction(
         id=_id(obj),
         ts=_ts(obj),
-        features=_features(obj.get("features"), schema, required=True),  # type: ignore[arg-type]
+        features=features_from(obj.get("features"), schema, required=True),  # type: ignore[arg-type]
         prediction=_class(obj["prediction"], schema, "prediction"),
         model_version=version,
         probs=_probs(obj.get("probs"), schema),
@@ -131,7 +131,7 @@ def feedback_from_dict(obj: Mapping[str, Any], schema: Schema) -> Feedback:
         correct=correct if has_correct else None,
         label=label,
         weight=float(weight),
-        features=_features(obj.get("features"), schema, required=False),
+        features=features_from(obj.get("features"), schema, required=False),
         prediction=prediction,
     )
 
@@ -167,7 +167,8 @@ def _class(value: object, schema: Schema, name: str) -> int:
     return index
 
 
-def _features(value: object, schema: Schema, required: bool) -> Features | None:
+def features_from(value: object, schema: Schema, required: bool) -> Features | None:
+    """Validate a JSON ``features`` value (dense list or sparse object) against the schema."""
     if value is None:
         if required:
             raise DecodeError("missing_features", "'features' is required")

@@ -348,6 +348,7 @@ class Job:
             "assignment": self.assignment,
             "lineage": dict(self.lineage),
             "model": self.cfg.model,
+            "classes": self.cfg.classes,
         }
 
     def _save(self) -> None:
