@@ -97,7 +97,12 @@ class ParamServerActor:
         if method == "set_clip":
             self.shard.clip_norm = args[0]
             return None
-        return getattr(self.shard, method)(*args)
+        result = getattr(self.shard, method)(*args)
+        if method == "load":  # recovery: pushes waiting on the old round belong to discarded steps
+            self._round += 1
+            self._closed.set()
+            self._closed = asyncio.Event()
+        return result
 
 
 class RayParamClient:

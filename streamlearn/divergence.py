@@ -48,7 +48,7 @@ class DivergenceConfig:
     spike_floor: float = 1.0  # absolute loss margin, so a near-zero spread can't trip it
     norm_growth_ratio: float = 1.3  # norm(t) / norm(t/2) above this is runaway growth
     max_weight_norm: float = 1e4  # hard ceiling on the weight norm
-    recovery_updates: int = 200  # updates without a signal before "diverging" clears
+    recovery_updates: int = 2000  # updates without a signal before "diverging" clears
     clip_norm: float = 1.0  # guard=clip: gradient norm bound while diverging
     lr_factor: float = 0.5  # guard=lower-lr: multiplier applied per divergence event
     good_every: int = 100  # guard=rollback: updates between saves of the last good state
@@ -101,8 +101,7 @@ class DivergenceDetector:
                 self.spread += alpha * (abs(loss - self.level) - self.spread)
                 self.level += alpha * (loss - self.level)
             self.norms.append((n, weight_norm))
-            i = bisect.bisect_right(self.norms, (n / 2, math.inf)) - 1
-            half = self.norms[i][1] if i >= 0 and self.norms[i][0] > 0 else 0.0
+            half = self._norm_at(n / 2)
             if weight_norm > cfg.max_weight_norm or (
                 n > cfg.warmup_updates and half > 0 and weight_norm / half > cfg.norm_growth_ratio
             ):
@@ -114,6 +113,17 @@ class DivergenceDetector:
             if self.first_event is None:
                 self.first_event = self.updates
         return fired
+
+    def _norm_at(self, n: float) -> float:
+        """The weight norm at ``n`` updates, interpolated between the recorded samples (0 if before them)."""
+        i = bisect.bisect_right(self.norms, (n, math.inf))
+        if i == 0:
+            return 0.0
+        (n0, v0) = self.norms[i - 1]
+        if i == len(self.norms) or n0 == n:
+            return v0
+        n1, v1 = self.norms[i]
+        return v0 + (v1 - v0) * (n - n0) / (n1 - n0)
 
     def reset_history(self) -> None:
         """Forget the loss level and norm history (after a rollback restored old weights)."""

@@ -133,6 +133,7 @@ class Job:
         self.recoveries = 0
         self.checkpoints = 0
         self.lineage: Counter[tuple[int, str]] = Counter()
+        self.exhausted: set[int] = set()  # embedded workers at the end of their stream
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -211,7 +212,6 @@ class Job:
     def _loop(self, start: float) -> None:
         cfg = self.cfg
         inflight: dict[Any, int] = {w.step.remote(): i for i, w in enumerate(self.workers)}
-        exhausted: set[int] = set()
         last_records = time.monotonic()
         last_ckpt = time.monotonic()
         updates_at_ckpt = 0
@@ -226,14 +226,11 @@ class Job:
                     r: StepResult = ray.get(ref)
                 except (RayActorError, RayTaskError) as exc:
                     self._recover(inflight, exc)
-                    exhausted.clear()
                     break
                 self._fold(r)
                 if r.records:
                     last_records = time.monotonic()
-                if r.exhausted and r.records == 0:
-                    exhausted.add(w)
-                if not self._stopping(start, last_records, exhausted):
+                if not self._stopping(start, last_records, self.exhausted):
                     inflight[self.workers[w].step.remote()] = w
                 elif cfg.ps.mode == "sync":  # don't let the others' rounds wait for a worker that stopped
                     ray.get([s.set_workers.remote(max(1, len(inflight))) for s in self.shards])
@@ -253,7 +250,7 @@ class Job:
             if self.progress and now - last_report > 2.0:
                 last_report = now
                 self.progress(self._progress_line(now - start))
-            self._stopping(start, last_records, exhausted)
+            self._stopping(start, last_records, self.exhausted)
         # drain: learn the partial micro-batches, then a final checkpoint
         ray.get([s.set_workers.remote(len(self.workers)) for s in self.shards])
         drained = ray.get([w.step.remote(drain=True) for w in self.workers])
@@ -276,9 +273,11 @@ class Job:
         return self._stop.is_set()
 
     def _fold(self, r: StepResult) -> None:
+        if r.exhausted and r.records == 0:
+            self.exhausted.add(r.worker)
+        self.metrics.observe(r)
         self.totals.add(r)
         self.lineage.update(r.applied)
-        self.metrics.observe(r)
 
     def _weight_norm(self) -> float:
         return math.sqrt(sum(ray.get([s.call.remote("norm_sq") for s in self.shards])))
@@ -321,10 +320,18 @@ class Job:
     # -- checkpoints and recovery ----------------------------------------------------
 
     def _pause(self, inflight: dict[Any, int]) -> None:
-        """Wait for the in-flight steps, fold them, and re-issue nothing (the caller does)."""
-        for ref, _w in list(inflight.items()):
-            self._fold(ray.get(ref))
-        inflight.clear()
+        """Let the in-flight steps finish and fold them; re-issue nothing (the caller does).
+
+        In sync mode each finished worker leaves the rounds, so the others' rounds
+        close without waiting for a worker that has stopped stepping.
+        """
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                inflight.pop(ref)
+                self._fold(ray.get(ref))
+            if self.cfg.ps.mode == "sync" and inflight:
+                ray.get([s.set_workers.remote(len(inflight)) for s in self.shards])
 
     def _checkpoint(self, inflight: dict[Any, int]) -> None:
         waiting = dict(inflight)
@@ -334,6 +341,8 @@ class Job:
             self._recover(inflight, exc)
             return
         self._save()
+        if self.cfg.ps.mode == "sync":
+            ray.get([s.set_workers.remote(len(self.workers)) for s in self.shards])
         for w in waiting.values():
             inflight[self.workers[w].step.remote()] = w
 
@@ -381,6 +390,7 @@ class Job:
             except Exception as err:  # the failed and the cancelled steps: their work is replayed
                 log.debug("in-flight step lost: %s", err)
         inflight.clear()
+        self.exhausted.clear()
         found = checkpoint.latest(self.cfg.checkpoint.dir)
         deadline = time.monotonic() + 120
         while True:

@@ -58,7 +58,7 @@ class BatchStats:
     kl_count: int = 0
     grad_norm: float = 0.0
     skipped: int = 0  # batches not applied (non-finite loss or gradient)
-    losses: list[float] = field(default_factory=list)  # per-example, for histograms
+    losses: list[tuple[bool, float]] = field(default_factory=list)  # (positive, loss) per example: histograms
 
     def add(self, other: BatchStats) -> None:
         for name in ("positive", "negative", "positive_correct", "negative_avoided", "loss_positive",
@@ -161,7 +161,7 @@ def _stats(logits: torch.Tensor, batch: Batch, per: torch.Tensor) -> BatchStats:
         negative_avoided=int((~hit & ~pos).sum()),
         loss_positive=float(per[pos].sum()),
         loss_negative=float(per[~pos].sum()),
-        losses=per.tolist(),
+        losses=list(zip(pos.tolist(), per.tolist(), strict=True)),
     )
     logged = [(i, p) for i, p in enumerate(batch.probs) if p is not None]
     if logged:

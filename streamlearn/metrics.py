@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -99,7 +98,8 @@ class Metrics:
         self.checkpoint_age = Gauge("streamlearn_checkpoint_age_seconds", "Seconds since the last checkpoint",
                                     registry=r)
         self.workers = Gauge("streamlearn_workers", "Live worker actors", registry=r)
-        self.example_loss = Histogram("streamlearn_example_loss", "Per-example loss", ["polarity"],
+        self.example_loss = Histogram("streamlearn_example_loss", "Per-example loss, on a sample of up to 64 "
+                                      "examples per worker step", ["polarity"],
                                       buckets=LOSS_BUCKETS, registry=r)
         self.staleness = Histogram("streamlearn_update_staleness", "Versions a gradient lagged when applied",
                                    buckets=STALENESS_BUCKETS, registry=r)
@@ -174,6 +174,8 @@ class Metrics:
             self.stale.labels("dropped").inc(r.dropped)
         if r.downweighted:
             self.stale.labels("downweighted").inc(r.downweighted)
+        for positive, loss in s.losses:  # a sample of each step's examples (worker.LOSS_SAMPLE)
+            self.example_loss.labels("positive" if positive else "negative").observe(loss)
         for sec in r.batch_seconds:
             self.batch_seconds.observe(sec)
         if r.replica_drift is not None:
@@ -184,11 +186,6 @@ class Metrics:
         self.pending.set(sum(self._pending.values()))
         self.version.set(r.version)
 
-    def observe_losses(self, positive: Iterable[float], negative: Iterable[float]) -> None:
-        for v in positive:
-            self.example_loss.labels("positive").observe(v)
-        for v in negative:
-            self.example_loss.labels("negative").observe(v)
 
     def tick(self, history: str | None, every: float) -> None:
         """Refresh time-based gauges; append a history snapshot when one is due."""

@@ -186,9 +186,12 @@ class Shard:
         self._good = self.state()
 
     def rollback(self) -> bool:
+        """Restore the last good weights; an open sync round stays open (its pushes are still live)."""
         if self._good is None:
             return False
+        round_ = self.round
         self.load(copy.deepcopy(self._good))
+        self.round = round_
         return True
 
     def scale_lr(self, factor: float) -> None:

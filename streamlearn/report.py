@@ -117,14 +117,14 @@ def _num(v: Any) -> float:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
 
 
-def _rises(values: Sequence[float]) -> list[int]:
-    """Indices where a counter went up since the previous row that had it."""
+def _rises(values: Sequence[float]) -> list[tuple[int, float]]:
+    """(index, increase) where a counter went up since the previous row that had it."""
     out, last = [], 0.0
     for i, v in enumerate(values):
         if math.isnan(v):
             continue
         if v > last:
-            out.append(i)
+            out.append((i, v - last))
         last = v
     return out
 
@@ -171,7 +171,7 @@ def render(rows: Sequence[dict[str, Any]], out: str) -> dict[str, Any]:
     _label_last(axes[1][0], t, kl, "tab:green")
     _finish(axes[1][0], "Prediction KL (serving || current)", "nats", _has(kl))
 
-    norm = total(rows, "streamlearn_weight_norm")
+    norm = [v if ok else math.nan for v, ok in zip(total(rows, "streamlearn_weight_norm"), learned, strict=True)]
     axes[1][1].plot(t, norm, marker=".", color="tab:brown")
     _label_last(axes[1][1], t, norm, "tab:brown")
     _finish(axes[1][1], "Weight norm", "L2 norm", _has(norm))
@@ -186,11 +186,14 @@ def render(rows: Sequence[dict[str, Any]], out: str) -> dict[str, Any]:
         kind = s.labels.get("kind", "?")
         marks = _rises(s.values)
         events[kind] = int(max((v for v in s.values if not math.isnan(v)), default=0))
-        for j, i in enumerate(marks):
-            ax.axvline(t[i], color=KIND_COLORS.get(kind, "tab:gray"), ls="--", lw=1.2,
-                       label=kind if j == 0 else None)
+        color = KIND_COLORS.get(kind, "tab:gray")
+        for j, (i, n) in enumerate(marks):
+            ax.axvline(t[i], color=color, ls="--", lw=1.2, label=kind if j == 0 else None)
+            if n > 1:  # several signals between two snapshots share one marker
+                ax.annotate(f"x{n:.0f}", (t[i], 0.5), xytext=(3, 0), textcoords="offset points", color=color,
+                            fontsize=9, rotation=90, va="center")
     rollbacks = total(rows, "streamlearn_rollbacks_total")
-    for j, i in enumerate(_rises(rollbacks)):
+    for j, (i, _) in enumerate(_rises(rollbacks)):
         ax.plot([t[i]], [1.05], marker="v", color="tab:red", ls="none", label="rollback" if j == 0 else None)
     ax.set_ylim(-0.05, 1.2)
     ax.set_yticks([0, 1], ["healthy", "diverging"])

@@ -27,6 +27,8 @@ from streamlearn.learner import BatchStats, Learner
 from streamlearn.paramserver import PSConfig, PushResult
 from streamlearn.source import EventSource, TopicPartition
 
+LOSS_SAMPLE = 64  # per-example losses a step reports for the loss histogram (a sample: cheap)
+
 # param index -> full tensor, or (rows (R,), values (R, ...)) for a sparse pull
 WeightUpdate = dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 
@@ -130,7 +132,7 @@ class Worker:
         grads, norms, kept = [], [], []
         for b, p in zip(batches, prepared, strict=True):
             g, stats = self.learner.gradients(p)
-            stats.losses = stats.losses if out.stats.examples < 4096 else []
+            stats.losses = stats.losses[: max(0, LOSS_SAMPLE - len(out.stats.losses))]
             out.stats.add(stats)
             if g is None:
                 continue

@@ -1,45 +1,14 @@
 """The distributed job on Ray: parity with the single-process loop, each PS mode, checkpoints."""
 
-from collections import Counter
-
 import pytest
 import torch
+from ray_helpers import job_config, single_process
 
-from streamlearn.config import JobConfig, load
 from streamlearn.events import Prediction
-from streamlearn.ingest import Ingest
 from streamlearn.job import Job
-from streamlearn.learner import Learner
 from streamlearn.simulate import Simulator
-from streamlearn.source import MemorySource
-from streamlearn.trainer import Trainer
 
 pytestmark = pytest.mark.ray
-
-
-def job_config(**over) -> JobConfig:
-    base = {"source": "embedded", "sim": {"events": 4000}, "divergence": {"guard": "none"}}
-    for k, v in over.items():
-        if isinstance(v, dict):
-            base.setdefault(k, {}).update(v)  # type: ignore[union-attr]
-        else:
-            base[k] = v
-    return load(None, base, env={})
-
-
-def single_process(cfg: JobConfig) -> tuple[Trainer, Counter]:
-    """The reference: the same records, in the same order, through one Trainer."""
-    learner = Learner(cfg.model, cfg.objective, cfg.optim)
-    trainer = Trainer(learner, cfg.divergence)
-    ingest = Ingest(cfg.schema, cfg.join)
-    source = MemorySource(Simulator(cfg.sim, cfg.data).events(block=64), cfg.partitions, codec=cfg.codec)
-    per_partition: Counter = Counter()
-    while not source.exhausted:
-        examples = ingest.process(source.next_batch(cfg.max_records)).examples
-        per_partition.update(e.partition for e in examples)
-        trainer.feed(examples)
-    trainer.flush()
-    return trainer, per_partition
 
 
 def test_parity_one_worker_one_server_sync(ray_cluster) -> None:
