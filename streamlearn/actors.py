@@ -157,6 +157,9 @@ class WorkerActor:
 
         self.worker = build_worker(cfg, worker, partitions, RayParamClient(shards))
 
+    def ready(self) -> bool:
+        return True
+
     def step(self, drain: bool = False) -> StepResult:
         return self.worker.step(drain)
 

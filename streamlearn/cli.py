@@ -282,11 +282,13 @@ def job_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_job(cfg: JobConfig, name: str) -> dict[str, Any]:
-    from streamlearn.job import Job, install_signal_handlers
+    from streamlearn.job import Job
 
-    job = Job(cfg, lambda msg: _log(f"{name}: {msg}"))
-    install_signal_handlers(job)
-    summary = job.run()
+    job = Job(cfg, lambda msg: _log(f"{name}: {msg}"), handle_signals=True)
+    try:
+        summary = job.run()
+    except KafkaSetupError as exc:
+        raise CliError(str(exc)) from exc
     _log(f"{name}: stopped ({summary['stop_reason']}): {summary['events_consumed']} records, "
          f"{summary['model_examples_positive']}+/{summary['model_examples_negative']}- examples in the model, "
          f"progressive accuracy {summary['progressive_accuracy']}, {summary['events_per_second']} records/s")

@@ -32,6 +32,7 @@ flag, and is never logged.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -72,6 +73,12 @@ class StopConfig:
     max_events: int | None = None  # stop after this many records consumed (all topics)
     max_seconds: float | None = None  # stop after this long
     until_idle: float | None = None  # stop once no new record arrived for this many seconds
+
+    def __post_init__(self) -> None:
+        for name in ("max_events", "max_seconds", "until_idle"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"stop.{name}: must be a finite number > 0, got {v}")
 
 
 @dataclass(frozen=True)
@@ -177,7 +184,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             try:
                 return hint(value)
             except ValueError:
-                raise ConfigError(f"{key}: must be a number, got {value!r}") from None
+                kind = "an integer" if hint is int else "a number"
+                raise ConfigError(f"{key}: must be {kind}, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and
                                                                               isinstance(value, float)):
             raise ConfigError(f"{key}: must be {'an integer' if hint is int else 'a number'}, got {value!r}")

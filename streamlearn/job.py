@@ -120,8 +120,10 @@ def assign(partitions: int, workers: int) -> list[list[int]]:
 
 
 class Job:
-    def __init__(self, cfg: JobConfig, progress: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: JobConfig, progress: Callable[[str], None] | None = None,
+                 handle_signals: bool = False) -> None:
         self.cfg = cfg
+        self.handle_signals = handle_signals  # SIGTERM/SIGINT: drain, checkpoint, summary
         self.progress = progress
         self.metrics = Metrics()
         self.detector = DivergenceDetector(cfg.divergence)
@@ -166,18 +168,22 @@ class Job:
         from streamlearn.actors import ParamServerActor, WorkerActor
 
         cfg = self.cfg
-        n = self._partitions()
+        n = self.partition_count
         self.assignment = [a for a in assign(n, cfg.workers) if a]
         server: Any = ParamServerActor
         worker: Any = WorkerActor
         self.shards = [server.remote(i, cfg.ps, cfg.model, cfg.optim, len(self.assignment))
                        for i in range(cfg.ps.shards)]
         self.workers = [worker.remote(w, cfg, parts, self.shards) for w, parts in enumerate(self.assignment)]
+        ray.get([w.ready.remote() for w in self.workers])  # sources connected: idle clocks may start
         self.metrics.workers.set(len(self.workers))
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        self.partition_count = self._partitions()  # fail fast on the topics, before Ray starts
         self._start_ray()
+        if self.handle_signals:
+            install_signal_handlers(self)  # after ray.init, which installs its own
         port = self.metrics.serve(cfg.metrics)
         if port is not None and self.progress:
             self.progress(f"metrics on http://{cfg.metrics.host}:{port}/metrics")

@@ -89,7 +89,7 @@ class Worker:
         """Poll once and learn from every full micro-batch; ``drain`` also learns a partial one."""
         out = StepResult(self.id)
         before_counts, before_join = Counter(self.ingest.counts), self.ingest.join_counts()
-        records = self.source.next_batch(self.max_records)
+        records = [] if drain else self.source.next_batch(self.max_records)
         out.records = len(records)
         res = self.ingest.process(records)
         if res.dead:
