@@ -26,7 +26,7 @@ from typing import Any
 
 import ray
 import torch
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayError
 
 from streamlearn import checkpoint
 from streamlearn.config import JobConfig
@@ -230,7 +230,7 @@ class Job:
                 w = inflight.pop(ref)
                 try:
                     r: StepResult = ray.get(ref)
-                except (RayActorError, RayTaskError) as exc:
+                except RayError as exc:
                     self._recover(inflight, exc)
                     break
                 self._fold(r)
@@ -242,9 +242,12 @@ class Job:
                     ray.get([s.set_workers.remote(max(1, len(inflight))) for s in self.shards])
             now = time.monotonic()
             if now - norm_at > 0.5 and not self._stop.is_set():
-                norm = self._weight_norm()
+                try:
+                    norm = self._weight_norm()
+                    self._guard(norm)
+                except RayError as exc:  # a server died between steps
+                    self._recover(inflight, exc)
                 norm_at = now
-                self._guard(norm)
             self.metrics.weight_norm.set(norm)
             self.metrics.tick(cfg.metrics.history, cfg.metrics.history_every_seconds)
             ck = cfg.checkpoint
@@ -343,10 +346,10 @@ class Job:
         waiting = dict(inflight)
         try:
             self._pause(inflight)
-        except (RayActorError, RayTaskError) as exc:
+            self._save()
+        except RayError as exc:
             self._recover(inflight, exc)
             return
-        self._save()
         if self.cfg.ps.mode == "sync":
             ray.get([s.set_workers.remote(len(self.workers)) for s in self.shards])
         for w in waiting.values():
@@ -405,7 +408,7 @@ class Job:
                     raise RuntimeError("no checkpoint to recover from (set --checkpoint-dir)")
                 self._restore(found[1])
                 break
-            except (RayActorError, RayTaskError):
+            except RayError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)  # the actor is still restarting
