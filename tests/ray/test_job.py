@@ -83,3 +83,11 @@ def test_checkpoint_resume_continues_exactly(ray_cluster, tmp_path) -> None:
     assert second["model_examples_by_partition"] == {str(p): n for p, n in sorted(per_partition.items())}
     n_records = sum(1 for ev in Simulator(cfg.sim, cfg.data).events() if isinstance(ev, Prediction)) * 2
     assert first["events_consumed"] + second["events_consumed"] == n_records
+
+
+def test_mixed_for_100k_events_raises_no_divergence_in_the_job(ray_cluster) -> None:
+    """The job's detector samples the norm between steps: a long healthy run must not false-alarm."""
+    cfg = job_config(workers=2, sim={"events": 100_000}, divergence={"guard": "rollback"})
+    summary = Job(cfg).run()
+    assert summary["divergence_events"] == {} and summary["rollbacks"] == 0
+    assert summary["heldout_accuracy"] > 0.95
