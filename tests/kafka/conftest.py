@@ -11,46 +11,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 from kafka.admin import KafkaAdminClient
+from kafka_helpers import LOCAL_SH, Broker, TopicFactory, free_port
 
 from streamlearn.kafka_source import KafkaSettings, create_topics
-
-ROOT = Path(__file__).resolve().parents[2]
-LOCAL_SH = ROOT / "deploy" / "kafka" / "local.sh"
-
-
-@dataclass
-class Broker:
-    bootstrap: str
-    managed: bool  # started by this session: tests may stop and restart it
-    env: dict[str, str]
-    port: int = 0
-
-    def _run(self, *args: str) -> None:
-        assert self.managed, "only a broker this session started can be stopped"
-        subprocess.run([str(LOCAL_SH), *args, "--port", str(self.port)], env=self.env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=180)
-
-    def stop(self) -> None:
-        """Stop, keeping the data (a restart resumes it)."""
-        self._run("stop")
-
-    def start(self) -> None:
-        self._run("start")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -61,12 +30,12 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         return
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         pytest.skip("no java for deploy/kafka/local.sh and STREAMLEARN_KAFKA_BOOTSTRAP not set")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env["STREAMLEARN_KAFKA_DATA"] = str(tmp_path_factory.mktemp("kafka") / "data")
-    cport = _free_port()
+    cport = free_port()
     while cport == port:
-        cport = _free_port()
+        cport = free_port()
     env["STREAMLEARN_KAFKA_CONTROLLER_PORT"] = str(cport)
     broker = Broker(f"127.0.0.1:{port}", managed=True, env=env, port=port)
     try:
@@ -79,7 +48,6 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
                        capture_output=True, timeout=120, check=False)
 
 
-TopicFactory = Callable[..., KafkaSettings]
 
 
 @pytest.fixture

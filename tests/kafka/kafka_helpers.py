@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from streamlearn.codec import decode
 from streamlearn.events import Event, Example, Feedback, Prediction, Schema
@@ -69,3 +72,35 @@ def run_cli(settings: KafkaSettings, *args: str, timeout: float = 300) -> subpro
            "--predictions-topic", settings.predictions_topic, "--feedback-topic", settings.feedback_topic,
            "--dlq-topic", settings.dlq_topic]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL_SH = ROOT / "deploy" / "kafka" / "local.sh"
+
+
+@dataclass
+class Broker:
+    bootstrap: str
+    managed: bool  # started by this session: tests may stop and restart it
+    env: dict[str, str]
+    port: int = 0
+
+    def _run(self, *args: str) -> None:
+        assert self.managed, "only a broker this session started can be stopped"
+        subprocess.run([str(LOCAL_SH), *args, "--port", str(self.port)], env=self.env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=180)
+
+    def stop(self) -> None:
+        """Stop, keeping the data (a restart resumes it)."""
+        self._run("stop")
+
+    def start(self) -> None:
+        self._run("start")
+
+
+TopicFactory = Callable[..., KafkaSettings]  # the kafka_topics fixture: makes uuid topics

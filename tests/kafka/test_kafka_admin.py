@@ -7,9 +7,8 @@ import logging
 import time
 
 import pytest
-from conftest import Broker, TopicFactory
 from kafka.admin import KafkaAdminClient
-from kafka_helpers import SCHEMA, decoded, drain, expected_examples, identity, run_cli, simulate
+from kafka_helpers import SCHEMA, Broker, TopicFactory, decoded, drain, expected_examples, identity, run_cli, simulate
 
 from streamlearn.ingest import Ingest
 from streamlearn.kafka_source import (
@@ -118,11 +117,11 @@ def test_broker_restart_mid_stream_loses_nothing(kafka_broker: Broker, kafka_top
 
 
 def test_unreachable_broker_is_retried_not_raised(caplog: pytest.LogCaptureFixture) -> None:
-    from conftest import _free_port
+    from kafka_helpers import free_port
 
     from streamlearn.kafka_source import KafkaSettings
 
-    settings = KafkaSettings(f"127.0.0.1:{_free_port()}", connect_timeout_ms=500)
+    settings = KafkaSettings(f"127.0.0.1:{free_port()}", connect_timeout_ms=500)
     caplog.set_level(logging.WARNING, logger="streamlearn.kafka_source")
     start = time.monotonic()
     source = KafkaSource(settings, [0], config=SourceConfig(backoff_s=0.1, max_backoff_s=0.2))

@@ -7,9 +7,8 @@ import struct
 import time
 
 import pytest
-from conftest import TopicFactory
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka_helpers import SCHEMA, drain, expected_examples, simulate
+from kafka_helpers import SCHEMA, TopicFactory, drain, expected_examples, simulate
 
 from streamlearn.codec import MAGIC
 from streamlearn.events import Schema

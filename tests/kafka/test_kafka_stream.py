@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TopicFactory
 from kafka import KafkaConsumer, TopicPartition
-from kafka_helpers import SCHEMA, decoded, drain, expected_examples, identity, run_cli, simulate
+from kafka_helpers import SCHEMA, TopicFactory, decoded, drain, expected_examples, identity, run_cli, simulate
 
 from streamlearn.ingest import Ingest
 from streamlearn.kafka_source import KafkaSetupError, KafkaSource, produce_stream

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Broker, TopicFactory
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewPartitions
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka_helpers import SCHEMA, simulate
+from kafka_helpers import SCHEMA, Broker, TopicFactory, simulate
 from run_helpers import (
     Cli,
     Expected,
