@@ -8,11 +8,30 @@ topics; then every row reads ALL of it from offset 0 and prints one JSON line:
 
 ``ratio_to_raw`` divides by the ``raw`` row: a bare kafka-python consume loop
 with the same consumer settings as KafkaSource (the ceiling). Rows are plain
-functions ``row_x(bench) -> Measured`` listed in ROWS, so a later stage (the
-learner, Ray workers) is one more function.
+functions ``row_x(bench) -> Measured`` listed in ROWS.
+
+End-to-end rows (the issue "Kafka ingestion"):
+
+* ``learn_in_process`` -- KafkaSource + Ingest + Learner.learn in this one
+  process, no Ray: the single-process learning ceiling. Its ``stages`` field
+  gives microseconds per event for poll, decode, join, featurize, gradient
+  and optimizer step (each timed around its own call).
+* ``job_1w`` / ``job_2w`` -- what ``streamlearn run`` does: a
+  :class:`streamlearn.job.Job` (Kafka source, async parameter server,
+  defaults otherwise) on a local Ray started once. Throughput excludes Ray
+  and actor start: the window runs from every actor being constructed (torch
+  imported, consumer connected) to the driver receiving the last step result
+  that consumed records (see benchmarks/harness.py).
+  ``wall_seconds_incl_ray_actor_start`` is Job.run() as a whole.
+
+``--profile`` adds a py-spy run of ``job_1w`` (JSON) and prints where the
+worker actor's task thread spends its wall time and the parameter server's
+and driver's hottest functions (CPU time). The job must outlast the profile:
+use enough ``--events`` (the default 200,000 lasts ~20 s at 10k events/s).
 
     python benchmarks/kafka_throughput.py                      # starts and stops a local broker
     python benchmarks/kafka_throughput.py --bootstrap-servers 127.0.0.1:9092 --events 200000
+    python benchmarks/kafka_throughput.py --codec json --rows raw,job_1w --profile
 
 Events are counted as predictions + feedback. The topics are deleted after.
 """
@@ -22,28 +41,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+import harness
+import torch
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from streamlearn.events import Schema
+from streamlearn.codec import decode
+from streamlearn.events import Feedback, Schema
 from streamlearn.ingest import Ingest
+from streamlearn.join import Joiner
 from streamlearn.kafka_source import KafkaSettings, KafkaSource, SourceConfig, create_topics, produce_stream
+from streamlearn.learner import Learner, OptimConfig
+from streamlearn.model import ModelConfig
+from streamlearn.objective import Objective
 from streamlearn.simulate import DataConfig, SimConfig, Simulator
 from streamlearn.source import Record
 
-LOCAL_SH = Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "local.sh"
 BATCH = 5000  # records per next_batch / poll
 
 
@@ -62,6 +83,7 @@ class Measured:
     events: int
     records: int
     seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)  # row-specific fields, printed as they are
 
 
 def _tps(b: Bench) -> list[TopicPartition]:
@@ -151,40 +173,138 @@ def row_ingest_in_memory(b: Bench) -> Measured:
     return Measured(b.events, len(records), time.perf_counter() - start)
 
 
+def row_learn_in_process(b: Bench) -> Measured:
+    """Consume, decode, join and learn in this one process (no Ray), each stage timed on its own."""
+    source = _source(b)
+    learner = Learner(ModelConfig(n_features=b.schema.n_features, n_classes=b.schema.n_classes), Objective(),
+                      OptimConfig())
+    joiners: dict[int, Joiner] = {}
+    size = learner.optim_cfg.batch_size
+    t: dict[str, float] = dict.fromkeys(("poll", "decode", "join", "featurize", "gradients", "apply"), 0.0)
+    clock = time.perf_counter
+    buffer: list[Any] = []
+    try:
+        n = 0
+        start = clock()
+        while n < b.records:
+            t0 = clock()
+            recs = source.next_batch(BATCH)
+            t1 = clock()
+            events = [(r.partition, decode(r.value, r.kind, b.schema)) for r in recs]
+            t2 = clock()
+            for part, evs in events:
+                j = joiners.get(part) or joiners.setdefault(part, Joiner(partition=part))
+                for ev in evs:
+                    ex = j.add_feedback(ev) if isinstance(ev, Feedback) else j.add_prediction(ev)
+                    if ex is not None:
+                        buffer.append(ex)
+            t3 = clock()
+            t["poll"] += t1 - t0
+            t["decode"] += t2 - t1
+            t["join"] += t3 - t2
+            while len(buffer) >= size:
+                chunk, buffer = buffer[:size], buffer[size:]
+                a = clock()
+                batch = learner.batch(chunk)
+                c = clock()
+                grads, _ = learner.gradients(batch)
+                d = clock()
+                if grads is not None:
+                    learner.apply(grads)
+                t["featurize"] += c - a
+                t["gradients"] += d - c
+                t["apply"] += clock() - d
+            n += len(recs)
+        seconds = clock() - start
+    finally:
+        source.close()
+    stages = {k: round(v / b.events * 1e6, 2) for k, v in t.items()}  # microseconds per event
+    stages["other"] = round((seconds - sum(t.values())) / b.events * 1e6, 2)
+    return Measured(b.events, n, seconds, {"stages_us_per_event": stages})
+
+
+def _job(b: Bench, workers: int) -> Measured:
+    cfg = harness.job_config(_topics(b), workers=workers, classes=b.schema.n_classes,
+                             n_features=b.schema.n_features)
+    run = harness.run_job(cfg, _topics(b))
+    s = run.summary
+    complete = s["events_consumed"] == b.records
+    return Measured(run.events, b.records if complete else s["events_consumed"], run.seconds, {
+        "job_summary_events_per_second": s["events_per_second"],
+        "wall_seconds_incl_ray_actor_start": round(run.wall_seconds, 2), "push_fraction": s["push_fraction"],
+        "peak_rss_mb": harness.mb(run.peak_rss_job), "peak_rss_ray_mb": harness.mb(run.peak_rss_ray),
+        "complete": complete, "stop_reason": s["stop_reason"]})
+
+
+def _topics(b: Bench) -> harness.Topics:
+    t = harness.Topics(b.settings, b.codec, b.partitions)
+    t.predictions, t.feedback, t.records = b.events // 2, b.events - b.events // 2, b.records
+    return t
+
+
+def row_job_1w(b: Bench) -> Measured:
+    """streamlearn run with 1 worker (async PS, 1 shard): steady-state window, Ray start excluded."""
+    return _job(b, 1)
+
+
+def row_job_2w(b: Bench) -> Measured:
+    """streamlearn run with 2 workers (async PS, 1 shard)."""
+    return _job(b, 2)
+
+
 ROWS: list[Callable[[Bench], Measured]] = [row_raw, row_raw_defaults, row_source, row_source_ingest,
-                                           row_ingest_in_memory]
+                                           row_ingest_in_memory, row_learn_in_process, row_job_1w, row_job_2w]
+
+
+def profile_job(b: Bench, seconds: float) -> dict[str, Any]:
+    """py-spy on a 1-worker job's worker and parameter-server actors while it runs (not a timed row)."""
+    cfg = harness.job_config(_topics(b), workers=1, classes=b.schema.n_classes, n_features=b.schema.n_features)
+    run = harness.run_job(cfg, _topics(b), profile=seconds)
+    return {**run.profile, "events_per_second": round(run.events_per_second),
+            "push_fraction": run.summary["push_fraction"]}
 
 
 # ---------------------------------------------------------------------------
 
 
-def _emit(line: dict[str, object]) -> None:
+EMITTED: list[dict[str, Any]] = []
+
+
+def _emit(line: dict[str, Any]) -> None:
+    EMITTED.append(line)
     print(json.dumps(line), flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def render(lines: list[dict[str, Any]], command: str) -> str:
+    """The rows as a Markdown table, then the stage split and the py-spy profile."""
+    out = [f"Kafka ingestion, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores; `{command}`", "",
+           "| codec | row | events/s | x raw | runs (events/s) | push_fraction | peak RSS MB |",
+           "|---|---|---:|---:|---|---:|---:|"]
+    for r in lines:
+        if "events_per_second" not in r or "profile" in str(r["row"]):
+            continue
+        runs = ", ".join(f"{x:,}" for x in r.get("all_events_per_second", []))
+        ratio = r.get("ratio_to_raw")
+        out.append(f"| {r['codec']} | {r['row']} | {r['events_per_second']:,} | "
+                   f"{'' if ratio is None else ratio} | {runs} | {r.get('push_fraction', '')} | "
+                   f"{r.get('peak_rss_mb', '')} |")
+    for r in lines:
+        if "stages_us_per_event" in r:
+            st = r["stages_us_per_event"]
+            out += ["", f"{r['codec']} learn_in_process, microseconds per event: "
+                    + ", ".join(f"{k} {v}" for k, v in st.items()) + f" (total {sum(st.values()):.1f})"]
+        if "worker_task_thread_wall_share" in r:
+            share = r["worker_task_thread_wall_share"]
+            out += ["", f"py-spy, {r['codec']} job_1w worker actor task thread, share of wall time over "
+                    f"{r['profiled_seconds']:g} s:", ""]
+            out += [f"- {k}: {v:.1%}" for k, v in share.items()]
+            out += ["", "parameter server, hottest leaf functions (CPU samples): "
+                    + "; ".join(f"{k} {v:.0%}" for k, v in r.get("ps_top_leaf_functions", [])[:5])]
+    return "\n".join(out) + "\n"
 
 
-@contextmanager
-def local_broker() -> Iterator[str]:
-    """A throwaway broker from deploy/kafka/local.sh; stopped and purged on exit."""
-    port, cport = _free_port(), _free_port()
-    with tempfile.TemporaryDirectory(prefix="streamlearn-bench-") as tmp:
-        env = {**os.environ, "STREAMLEARN_KAFKA_DATA": f"{tmp}/data",
-               "STREAMLEARN_KAFKA_CONTROLLER_PORT": str(cport)}
-        try:
-            out = subprocess.run([str(LOCAL_SH), "start", "--port", str(port)], env=env, check=True,
-                                 capture_output=True, text=True, timeout=600)
-            yield out.stdout.strip().splitlines()[-1]
-        finally:
-            subprocess.run([str(LOCAL_SH), "stop", "--purge", "--port", str(port)], env=env,
-                           capture_output=True, timeout=120, check=False)
-
-
-def run(bootstrap: str, events: int, partitions: int, codecs: list[str], repeat: int, pack: int) -> None:
+def run(bootstrap: str, events: int, partitions: int, codecs: list[str], repeat: int, pack: int,
+        rows: list[Callable[[Bench], Measured]], profile: float) -> None:
     schema = Schema.from_spec(10, 64)
     for codec in codecs:
         u = uuid.uuid4().hex[:10]
@@ -202,19 +322,25 @@ def run(bootstrap: str, events: int, partitions: int, codecs: list[str], repeat:
                    "events_per_second": round(n_events / seconds)})
             bench = Bench(settings, codec, partitions, n_events, counts["records"], schema)
             ceiling = None
-            for row in ROWS:
+            for row in rows:
                 runs = [row(bench) for _ in range(repeat)]
-                m = runs[0]
-                assert all(r.records == bench.records for r in runs), "a row did not read every record"
-                seconds = statistics.median(r.seconds for r in runs)
-                eps = m.events / seconds
+                if any(r.records != bench.records for r in runs):
+                    print(f"warning: {row.__name__} did not read every record: "
+                          f"{[r.records for r in runs]} of {bench.records}", file=sys.stderr)
+                eps = statistics.median(r.events / r.seconds for r in runs)  # median rate over the repeats
+                m = sorted(runs, key=lambda r: r.events / r.seconds)[len(runs) // 2]
                 if row is row_raw:
                     ceiling = eps
                 _emit({"bench": "kafka_throughput", "codec": codec, "row": row.__name__.removeprefix("row_"),
-                       "events": m.events, "records": m.records, "seconds": round(seconds, 3),
-                       "events_per_second": round(eps), "records_per_second": round(m.records / seconds),
+                       "events": m.events, "records": m.records, "seconds": round(m.seconds, 3),
+                       "events_per_second": round(eps), "records_per_second": round(m.records / m.seconds),
                        "ratio_to_raw": round(eps / ceiling, 3) if ceiling else None,
-                       "repeat": repeat, "partitions": partitions, "crc_checks": SourceConfig().crc_checks})
+                       "all_events_per_second": [round(r.events / r.seconds) for r in runs],
+                       "repeat": repeat, "partitions": partitions, "crc_checks": SourceConfig().crc_checks,
+                       **m.extra})
+            if profile and codec == "json":
+                _emit({"bench": "kafka_throughput", "codec": codec, "row": "profile_job_1w (py-spy)",
+                       **profile_job(bench, profile)})
         finally:
             admin = KafkaAdminClient(**settings.client_kwargs())
             try:
@@ -233,14 +359,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codec", action="append", choices=("json", "binary"), help="default: both")
     p.add_argument("--pack", type=int, default=64, help="binary: events per record")
     p.add_argument("--repeat", type=int, default=3, help="runs per row; the median is reported")
+    names = [r.__name__.removeprefix("row_") for r in ROWS]
+    p.add_argument("--rows", default=",".join(names), help=f"comma-separated subset of {','.join(names)}")
+    p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                   help="also py-spy a 1-worker JSON job for this long (0: no profile)")
     args = p.parse_args(argv)
     codecs = args.codec or ["json", "binary"]
-    if args.bootstrap_servers:
-        run(args.bootstrap_servers, args.events, args.partitions, codecs, args.repeat, args.pack)
-    else:
-        with local_broker() as bootstrap:
-            run(bootstrap, args.events, args.partitions, codecs, args.repeat, args.pack)
+    torch.set_num_threads(1)  # as `streamlearn` does (cli.main): micro-batches are tiny
+    wanted = [w.strip() for w in args.rows.split(",") if w.strip()]
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        p.error(f"--rows: unknown {', '.join(unknown)} (choose from {', '.join(names)})")
+    if "raw" not in wanted:
+        wanted.insert(0, "raw")  # the ceiling every ratio divides by
+    rows = [r for r in ROWS if r.__name__.removeprefix("row_") in wanted]
+    try:
+        with harness.broker(args.bootstrap_servers) as bootstrap:
+            run(bootstrap, args.events, args.partitions, codecs, args.repeat, args.pack, rows, args.profile)
+    finally:
+        import ray
+
+        ray.shutdown()
+    write_results(EMITTED, "python benchmarks/kafka_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv))
     return 0
+
+
+def write_results(lines: list[dict[str, Any]], command: str) -> None:
+    harness.RESULTS.mkdir(parents=True, exist_ok=True)
+    (harness.RESULTS / "kafka_throughput.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (harness.RESULTS / "kafka_throughput.md").write_text(render(lines, command))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,445 @@
+"""Shared pieces of the benchmarks: a throwaway broker, topics, a timed Job, memory sampling, py-spy.
+
+Throughput of a job is measured from the first record consumed to the last,
+never from process or Ray start: :class:`TimedJob` waits, after building
+the actors, until every worker and parameter-server actor answers a call
+(constructed: torch imported, Kafka consumer connected, offsets resolved), so
+the window opens just before the workers' first poll; it closes when the
+driver receives the last step result that consumed records (those records
+are then learned). ``events_per_second`` = all events in the topic / the
+window. Events = Kafka records x events per record of the topic (1 for JSON;
+~64 for the binary codec's packed records).
+
+Memory is the peak of the summed RSS of this process (the Ray driver) and the
+job's actor processes (``ray::WorkerActor``, ``ray::ParamServerActor``),
+sampled every 0.2 s; ``peak_rss_ray_mb`` adds every other Ray process (GCS,
+raylet, agents). Summed RSS counts shared library pages once per process, so
+it overstates a little (each torch process maps ~250 MB of libraries).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from streamlearn.events import Event
+from streamlearn.kafka_source import KafkaSettings, create_topics, produce_stream
+
+if TYPE_CHECKING:  # torch is imported only where a job runs: the peer subprocesses stay torch-free
+    import numpy as np
+    import torch
+
+LOCAL_SH = Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "local.sh"
+RESULTS = Path(__file__).resolve().parent / "results"
+ACTOR_NAMES = ("WorkerActor", "ParamServer")  # process titles of a job's actors (truncated to 15 chars)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def local_broker() -> Iterator[str]:
+    """A throwaway broker from deploy/kafka/local.sh; stopped and purged on exit."""
+    port, cport = free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="streamlearn-bench-") as tmp:
+        env = {**os.environ, "STREAMLEARN_KAFKA_DATA": f"{tmp}/data",
+               "STREAMLEARN_KAFKA_CONTROLLER_PORT": str(cport)}
+        try:
+            out = subprocess.run([str(LOCAL_SH), "start", "--port", str(port)], env=env, check=True,
+                                 capture_output=True, text=True, timeout=600)
+            yield out.stdout.strip().splitlines()[-1]
+        finally:
+            subprocess.run([str(LOCAL_SH), "stop", "--purge", "--port", str(port)], env=env,
+                           capture_output=True, timeout=120, check=False)
+
+
+@contextmanager
+def broker(bootstrap: str | None) -> Iterator[str]:
+    """The given broker, or a throwaway local one."""
+    if bootstrap:
+        yield bootstrap
+    else:
+        with local_broker() as b:
+            yield b
+
+
+# -- topics ----------------------------------------------------------------------------
+
+
+@dataclass
+class Topics:
+    """One uuid-named topic pair holding one encoding of a stream."""
+
+    settings: KafkaSettings
+    codec: str
+    partitions: int
+    predictions: int = 0
+    feedback: int = 0
+    records: int = 0
+    produce_seconds: float = 0.0
+
+    @property
+    def events(self) -> int:
+        return self.predictions + self.feedback
+
+    @property
+    def events_per_record(self) -> float:
+        return self.events / self.records if self.records else 1.0
+
+
+def make_topics(bootstrap: str, codec: str, partitions: int, tag: str = "bench") -> Topics:
+    u = f"{tag}-{uuid.uuid4().hex[:10]}"
+    settings = KafkaSettings(bootstrap, predictions_topic=f"{u}.predictions", feedback_topic=f"{u}.feedback",
+                             dlq_topic=f"{u}.dlq")
+    create_topics(settings, partitions)
+    return Topics(settings, codec, partitions)
+
+
+def fill(topics: Topics, events: Iterable[Event], pack: int = 64) -> Topics:
+    start = time.perf_counter()
+    counts = produce_stream(topics.settings, events, codec=topics.codec, pack=pack)
+    topics.produce_seconds = time.perf_counter() - start
+    topics.predictions, topics.feedback, topics.records = counts["predictions"], counts["feedback"], counts["records"]
+    return topics
+
+
+def delete_topics(topics: Iterable[Topics]) -> None:
+    from kafka.admin import KafkaAdminClient
+
+    names = [n for t in topics for n in (t.settings.predictions_topic, t.settings.feedback_topic,
+                                         t.settings.dlq_topic)]
+    if not names:
+        return
+    first = next(iter(topics))
+    admin = KafkaAdminClient(**first.settings.client_kwargs())
+    try:
+        admin.delete_topics(names, raise_errors=False)
+    finally:
+        admin.close()
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+class RssSampler:
+    """Peak summed RSS of this process + the job's actor processes (and + all Ray processes), sampled."""
+
+    def __init__(self, every: float = 0.2, root: int | None = None) -> None:
+        self.every = every
+        self.root = psutil.Process(root or os.getpid())
+        self.peak_job = 0
+        self.peak_all = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        job = total = self.root.memory_info().rss
+        for child in self.root.children(recursive=True):
+            try:
+                rss = child.memory_info().rss
+                name = child.name()
+            except psutil.Error:
+                continue
+            total += rss
+            if any(n in name for n in ACTOR_NAMES):
+                job += rss
+        self.peak_job = max(self.peak_job, job)
+        self.peak_all = max(self.peak_all, total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def mb(n: int) -> float:
+    return round(n / (1 << 20), 1)
+
+
+# -- a timed job on Ray ------------------------------------------------------------------
+
+
+def start_ray(num_cpus: int = 2) -> None:
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only cluster
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, configure_logging=True,
+             log_to_driver=True)
+
+
+def job_config(topics: Topics, workers: int = 1, classes: int = 10, n_features: int = 64,
+               **over: Any) -> Any:
+    """The config ``streamlearn run`` builds from these flags (``over``: nested config keys)."""
+    from streamlearn import config
+
+    s = topics.settings
+    base: dict[str, Any] = {
+        "source": "kafka", "classes": classes, "n_features": n_features, "workers": workers,
+        "kafka": {"bootstrap_servers": s.bootstrap_servers, "predictions_topic": s.predictions_topic,
+                  "feedback_topic": s.feedback_topic, "dlq_topic": s.dlq_topic},
+        # stop as soon as every record is in (and never hang): the stream is finite. until_idle is only a
+        # safety net: it counts from the last record, so a short one fires while slow actors still start
+        "stop": {"max_events": topics.records, "until_idle": 60.0, "max_seconds": 600.0},
+    }
+    for key, value in over.items():
+        if isinstance(value, dict):
+            base.setdefault(key, {}).update(value)
+        else:
+            base[key] = value
+    return config.load(None, base, env={})
+
+
+@dataclass
+class Stamp:
+    t: float
+    worker: int
+    records: int
+
+
+@dataclass
+class JobRun:
+    summary: dict[str, Any]
+    weights: list[torch.Tensor]
+    events: int  # inside the steady-state window
+    seconds: float  # the window's length
+    wall_seconds: float  # Job.run() including actor start
+    peak_rss_job: int
+    peak_rss_ray: int
+    stamps: list[Stamp] = field(default_factory=list)
+    profile: dict[str, Any] = field(default_factory=dict)  # py-spy findings when asked for
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _timed_job_class() -> type:
+    import ray
+
+    from streamlearn.job import Job
+
+    class TimedJob(Job):  # type: ignore[misc]
+        """Job that waits for its actors before the loop and stamps every step result the driver folds in."""
+
+        stamps: list[Stamp]
+        ready: float
+        pids: list[int]  # workers', then shards' processes
+        ready_event = threading.Event()
+
+        def _build(self) -> None:
+            super()._build()
+            ray.get([w.snapshot.remote() for w in self.workers] +
+                    [s.call.remote("norm_sq") for s in self.shards])  # every actor constructed
+            self.pids = ray.get([a.__ray_call__.remote(lambda _self: os.getpid())
+                                 for a in [*self.workers, *self.shards]])
+            self.stamps = []
+            self.ready = time.perf_counter()
+            self.ready_event.set()
+
+        def _fold(self, r: Any) -> None:
+            if r.records:
+                self.stamps.append(Stamp(time.perf_counter(), r.worker, r.records))
+            super()._fold(r)
+
+    return TimedJob
+
+
+def window(ready: float, stamps: list[Stamp], per_record: float) -> tuple[int, float]:
+    """(events, seconds) from the actors being ready to the last step result that consumed records."""
+    if not stamps:
+        return 0, 0.0
+    return round(sum(s.records for s in stamps) * per_record), stamps[-1].t - ready
+
+
+def run_job(cfg: Any, topics: Topics, profile: float = 0.0) -> JobRun:
+    """Run a Job on the shared local Ray: events/s without actor start, peak memory, final weights.
+
+    ``profile`` > 0: py-spy the first worker (wall time, idle included) and the
+    first shard (CPU time) for that many seconds from the moment the actors
+    are ready (the job must last that long), and summarise into ``profile``.
+    """
+    import torch
+
+    start_ray()
+    torch.set_num_threads(1)  # as the CLI does
+    cls = _timed_job_class()
+    cls.ready_event = threading.Event()
+    job = cls(cfg)
+    found: dict[str, Any] = {}
+
+    def spy() -> None:
+        if not cls.ready_event.wait(timeout=300):
+            return
+        worker, shard = job.pids[0], job.pids[len(job.workers)]
+        with pyspy({worker: True, shard: False}, profile) as files:
+            pass
+        if files[worker].exists():
+            found["worker_task_thread_wall_share"] = worker_breakdown(files[worker])
+        if files[shard].exists():
+            found["ps_top_leaf_functions"] = top_functions(files[shard], 6)
+        found["profiled_seconds"] = profile
+        shutil.rmtree(files[worker].parent, ignore_errors=True)
+
+    thread = threading.Thread(target=spy, daemon=True)
+    if profile > 0:
+        thread.start()
+    t0 = time.perf_counter()
+    with RssSampler() as rss:
+        summary = job.run()
+    wall = time.perf_counter() - t0
+    if profile > 0:
+        thread.join(timeout=profile + 60)
+    stamps = getattr(job, "stamps", [])
+    events, seconds = window(getattr(job, "ready", 0.0), stamps, topics.events_per_record)
+    return JobRun(summary, job.weights, events, seconds, wall, rss.peak_job, rss.peak_all, stamps, found)
+
+
+def heldout_accuracy(model_cfg: Any, weights: list[torch.Tensor], data: Any) -> float:
+    """Score final weights on ``Dataset(data).heldout()`` with streamlearn.evaluate.heldout_scores."""
+    import torch
+
+    from streamlearn.evaluate import heldout_scores
+    from streamlearn.learner import Learner, OptimConfig
+    from streamlearn.objective import Objective
+    from streamlearn.simulate import Dataset
+
+    learner = Learner(model_cfg, Objective(), OptimConfig())
+    with torch.no_grad():
+        for p, v in zip(learner.model.parameters(), weights, strict=True):
+            p.copy_(v)
+    ds = Dataset(data)
+    x, y = ds.heldout()
+    return float(heldout_scores(learner, x, y, ds.features(x))["heldout_accuracy"])
+
+
+def heldout_set(data: Any) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    from streamlearn.simulate import Dataset
+
+    ds = Dataset(data)
+    x, y = ds.heldout()
+    return x, y, ds.features(x)
+
+
+# -- py-spy ---------------------------------------------------------------------------------
+
+
+def actor_pids(kind: str = "WorkerActor") -> list[int]:
+    me = psutil.Process()
+    out = []
+    for child in me.children(recursive=True):
+        try:
+            if kind[:10] in child.name():
+                out.append(child.pid)
+        except psutil.Error:
+            continue
+    return out
+
+
+@contextmanager
+def pyspy(pids: dict[int, bool], seconds: float, rate: int = 100) -> Iterator[dict[int, Path]]:
+    """``py-spy record --threads --format raw`` on each pid for ``seconds``; pids map to "count idle samples".
+
+    With idle samples the profile is wall time (where a thread waits counts);
+    without, CPU time. The profiled process must outlive ``seconds``.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="streamlearn-pyspy-"))
+    procs, files = [], {}
+    for pid, idle in pids.items():
+        f = tmp / f"{pid}.txt"
+        files[pid] = f
+        procs.append(subprocess.Popen(
+            ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate),
+             *(["--idle"] if idle else []), "--threads", "--nonblocking", "--format", "raw", "--output", str(f)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        yield files
+    finally:
+        for p in procs:
+            try:
+                p.wait(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                p.terminate()
+                p.wait(timeout=10)
+
+
+# Worker main-thread stages, first match wins, searched root -> leaf in each collapsed stack.
+WORKER_STAGES: list[tuple[str, str]] = [
+    ("poll (kafka-python)", r"KafkaSource\.next_batch \("),
+    ("decode", r"^decode \(.*codec\.py"),
+    ("join", r"^Joiner\.add_(feedback|prediction) \("),
+    ("featurize (Learner.batch)", r"^Learner\.batch \("),
+    ("pull weights", r"^Worker\._pull \("),
+    ("push to PS (pack + Ray call + wait)", r"^Worker\._push \("),
+    ("torch forward/backward (gradients)", r"^Learner\.gradients \("),
+    ("local optimizer step (apply)", r"^Learner\.apply \("),
+    ("ingest other (bookkeeping)", r"^Ingest\.process \("),
+    ("worker other (step bookkeeping, lag, clone)", r"^Worker\.step \("),
+]
+
+
+def worker_breakdown(raw: Path) -> dict[str, Any]:
+    """Wall-time shares of a worker actor's task thread, from a py-spy raw (collapsed) profile.
+
+    The task thread is the one whose stacks reach ``Worker.step``; its samples
+    outside a step are time spent waiting for the driver to send the next step.
+    """
+    threads: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        thread = frames[0]
+        stage = "between steps (waiting for the driver / Ray task dispatch)"
+        for name, pattern in WORKER_STAGES:
+            if any(re.search(pattern, f) for f in frames):
+                stage = name
+                break
+        threads[thread][stage] += int(count)
+    task = [c for c in threads.values() if sum(v for k, v in c.items() if not k.startswith("between")) > 0]
+    if not task:
+        return {}
+    c = max(task, key=lambda x: sum(x.values()))
+    total = sum(c.values())
+    return {k: round(v / total, 3) for k, v in c.most_common()}
+
+
+def top_functions(raw: Path, n: int = 12) -> list[tuple[str, float]]:
+    """Self-time share of the leaf frames of active (non-idle-looking) stacks."""
+    leaf: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            leaf[stack.split(";")[-1]] += int(count)
+    total = sum(leaf.values()) or 1
+    return [(k, round(v / total, 3)) for k, v in leaf.most_common(n)]

@@ -1,0 +1,174 @@
+"""Distributed training on Ray: workers x parameter-server modes x shards on one pre-produced Kafka topic.
+
+The simulated stream (digits, random policy, every prediction judged) is
+produced ONCE, as JSON, to uuid-named topics; every row runs a
+:class:`streamlearn.job.Job` (what ``streamlearn run`` runs) over ALL of it,
+on one local Ray (``num_cpus`` 2) started once, and prints one JSON line:
+
+    {"bench": "ray_throughput", "row": "2w async x1", "workers": 2, "ps_mode": "async", "ps_shards": 1,
+     "grads_per_push": 32, "batch_size": 8, "events_per_second": ..., "peak_rss_mb": ...,
+     "push_fraction": ..., "heldout_accuracy": ..., ...}
+
+* ``events_per_second``: steady state, Ray and actor start excluded (see
+  benchmarks/harness.py: the window while every worker is busy).
+* ``peak_rss_mb``: peak of the summed RSS of the driver and the job's actor
+  processes, sampled every 0.2 s; ``peak_rss_ray_mb`` adds Ray's own processes.
+* ``push_fraction``: the job summary's push seconds / compute seconds.
+* ``heldout_accuracy``: the final weights (``job.weights``) scored on
+  ``Dataset(DataConfig()).heldout()`` with ``streamlearn.evaluate.heldout_scores``.
+
+Then one summary line with the 2-worker / 1-worker ratio in async mode, and
+the table rendered to benchmarks/results/ray_throughput[-ROWS][-rN].{md,jsonl}.
+On 2 shared cores a row varies by +-25% between runs: ``--repeat`` reruns
+each row and reports the median.
+
+    python benchmarks/ray_throughput.py                  # starts and stops a local broker
+    python benchmarks/ray_throughput.py --events 40000 --bootstrap-servers 127.0.0.1:9092 --rows base
+    python benchmarks/ray_throughput.py --rows min --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import harness
+
+from streamlearn.simulate import DataConfig, SimConfig, Simulator
+
+
+@dataclass(frozen=True)
+class Row:
+    workers: int
+    mode: str = "async"
+    shards: int = 1
+    grads_per_push: int | None = None  # None: the default (32)
+    batch_size: int | None = None  # None: the default (8)
+    group: str = "base"
+
+    @property
+    def name(self) -> str:
+        extra = "".join([f" gpp{self.grads_per_push}" if self.grads_per_push else "",
+                         f" b{self.batch_size}" if self.batch_size else ""])
+        return f"{self.workers}w {self.mode} x{self.shards}{extra}"
+
+
+BASE = [Row(w, m, s) for s in (1, 2) for m in ("async", "sync", "bounded") for w in (1, 2)]
+TUNING = [Row(w, "async", 1, gpp, b, "tuning") for w in (1, 2)
+          for gpp, b in ((8, None), (128, None), (None, 32), (128, 32))]
+GROUPS = {"base": BASE, "tuning": TUNING, "all": BASE + TUNING,
+          "min": [Row(1), Row(2), Row(2, "sync"), Row(2, "bounded"), Row(1, shards=2), Row(2, shards=2)]}
+
+
+def measure_repeated(row: Row, topics: harness.Topics, data: DataConfig, repeat: int) -> dict[str, Any]:
+    """``repeat`` runs of a row; the run with the median events/s is reported, with every run's rate."""
+    runs = sorted((measure(row, topics, data) for _ in range(repeat)), key=lambda r: r["events_per_second"])
+    line = runs[len(runs) // 2]
+    line["all_events_per_second"] = [r["events_per_second"] for r in runs]
+    line["all_heldout_accuracy"] = [r["heldout_accuracy"] for r in runs]
+    return line
+
+
+def measure(row: Row, topics: harness.Topics, data: DataConfig) -> dict[str, Any]:
+    over: dict[str, Any] = {"ps": {"mode": row.mode, "shards": row.shards}}
+    if row.grads_per_push:
+        over["ps"]["grads_per_push"] = row.grads_per_push
+    if row.batch_size:
+        over["optim"] = {"batch_size": row.batch_size}
+    cfg = harness.job_config(topics, workers=row.workers, **over)
+    run = harness.run_job(cfg, topics)
+    s = run.summary
+    return {
+        "bench": "ray_throughput", "row": row.name, "group": row.group, "workers": row.workers,
+        "ps_mode": row.mode, "ps_shards": row.shards, "grads_per_push": cfg.ps.grads_per_push,
+        "batch_size": cfg.optim.batch_size, "events_per_second": round(run.events_per_second),
+        "window_events": run.events, "window_seconds": round(run.seconds, 2),
+        "job_summary_events_per_second": s["events_per_second"], "wall_seconds": round(run.wall_seconds, 1),
+        "peak_rss_mb": harness.mb(run.peak_rss_job), "peak_rss_ray_mb": harness.mb(run.peak_rss_ray),
+        "push_fraction": s["push_fraction"], "heldout_accuracy": harness.heldout_accuracy(cfg.model, run.weights, data),
+        "progressive_accuracy": s["progressive_accuracy"], "updates": s["updates"],
+        "stale_dropped": s["stale_dropped"], "complete": s["events_consumed"] == topics.records,
+        "stop_reason": s["stop_reason"],
+    }
+
+
+def render(lines: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str, Any]) -> str:
+    head = ("| row | events/s (median) | all runs | push_fraction | peak RSS driver+actors (MB) | "
+            "+ Ray processes (MB) | held-out acc | updates | stale dropped |")
+    out = [f"Ray throughput, {meta['date']}, {meta['machine']}; {meta['events']} events (JSON, digits, "
+           f"random policy), {meta['partitions']} partitions; `{meta['command']}`", "", head,
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in lines:
+        flag = "" if r["complete"] else " (incomplete)"
+        runs = ", ".join(f"{x:,}" for x in r["all_events_per_second"])
+        out.append(f"| {r['row']}{flag} | {r['events_per_second']:,} | {runs} | {r['push_fraction']} | "
+                   f"{r['peak_rss_mb']:,.0f} | {r['peak_rss_ray_mb']:,.0f} | {r['heldout_accuracy']:.3f} | "
+                   f"{r['updates']:,} | {r['stale_dropped']:,} |")
+    out += ["", "Summary: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "bench")]
+    return "\n".join(out) + "\n"
+
+
+def run(bootstrap: str, args: argparse.Namespace, rows: list[Row]) -> None:
+    data = DataConfig()
+    topics = harness.make_topics(bootstrap, "json", args.partitions, tag="ray-bench")
+    lines: list[dict[str, Any]] = []
+    try:
+        harness.fill(topics, Simulator(SimConfig(events=args.events // 2, seed=0), data).events())
+        print(json.dumps({"bench": "ray_throughput", "row": "produce", "events": topics.events,
+                          "seconds": round(topics.produce_seconds, 2)}), flush=True)
+        harness.start_ray(args.num_cpus)
+        for row in rows:
+            line = measure_repeated(row, topics, data, args.repeat)
+            lines.append(line)
+            print(json.dumps(line), flush=True)
+    finally:
+        harness.delete_topics([topics])
+    by = {r["row"]: r for r in lines}
+    summary: dict[str, Any] = {"bench": "ray_throughput", "row": "summary"}
+    one, two = by.get("1w async x1"), by.get("2w async x1")
+    if one and two:
+        summary["ratio_2w_over_1w_async"] = round(two["events_per_second"] / one["events_per_second"], 2)
+        summary["target_ratio_2w_over_1w"] = 1.4
+    fr = [r["push_fraction"] for r in lines if r["push_fraction"] is not None]
+    if fr:
+        summary["push_fraction_min"], summary["push_fraction_max"] = min(fr), max(fr)
+        summary["target_push_fraction"] = 0.05
+    print(json.dumps(summary), flush=True)
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores", "events": topics.events,
+            "partitions": args.partitions, "command": "python benchmarks/ray_throughput.py " + " ".join(sys.argv[1:])}
+    harness.RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = "ray_throughput" + ("" if args.rows == "all" else f"-{args.rows}") + \
+        ("" if args.repeat == 1 else f"-r{args.repeat}")
+    (harness.RESULTS / f"{stem}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in [*lines, summary]))
+    (harness.RESULTS / f"{stem}.md").write_text(render(lines, summary, meta))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--bootstrap-servers", default=os.environ.get("STREAMLEARN_KAFKA_BOOTSTRAP"),
+                   help="an existing broker (default: start a throwaway one with deploy/kafka/local.sh)")
+    p.add_argument("--events", type=int, default=80_000, help="predictions + feedback in the topic")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
+    p.add_argument("--rows", choices=sorted(GROUPS), default="all",
+                   help="base: 1/2 workers x sync/async/bounded x 1/2 shards; tuning: grads-per-push and "
+                        "batch size; min: the six rows the issue asks for; all: base + tuning")
+    p.add_argument("--repeat", type=int, default=1, help="runs per row; the median-rate run is reported")
+    args = p.parse_args(argv)
+    try:
+        with harness.broker(args.bootstrap_servers) as bootstrap:
+            run(bootstrap, args, GROUPS[args.rows])
+    finally:
+        import ray
+
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
