@@ -175,7 +175,8 @@ class Job:
         self.shards = [server.remote(i, cfg.ps, cfg.model, cfg.optim, len(self.assignment))
                        for i in range(cfg.ps.shards)]
         self.workers = [worker.remote(w, cfg, parts, self.shards) for w, parts in enumerate(self.assignment)]
-        ray.get([w.ready.remote() for w in self.workers])  # sources connected: idle clocks may start
+        # every actor constructed (sources connected, servers built) before any idle clock starts
+        ray.get([w.ready.remote() for w in self.workers] + [s.call.remote("norm_sq") for s in self.shards])
         self.metrics.workers.set(len(self.workers))
 
     def run(self) -> dict[str, Any]:
