@@ -13,6 +13,7 @@ command -v mvn >/dev/null || need_apt+=(maven)
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v kcat >/dev/null || need_apt+=(kcat)
+command -v openssl >/dev/null || need_apt+=(openssl)  # test certificates for the TLS metrics endpoint
 if ((${#need_apt[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

@@ -1,0 +1,48 @@
+"""The scrape endpoint: loopback by default, TLS when given a certificate, the contract's names only."""
+
+import ssl
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from streamlearn.metrics import METRIC_NAMES, Metrics, MetricsConfig
+from streamlearn.worker import StepResult
+
+
+def test_plain_endpoint_on_loopback_serves_the_contract() -> None:
+    m = Metrics()
+    port = m.serve(MetricsConfig(port=0))
+    try:
+        m.observe(StepResult(worker=0, records=3))
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        m.close()
+    names = {line.split("{")[0].split(" ")[0] for line in body.splitlines() if line.startswith("streamlearn_")}
+    base = {n.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum").removesuffix("_created")
+            for n in names}
+    assert base <= set(METRIC_NAMES) | {n.removesuffix("_total") for n in METRIC_NAMES}
+    assert "streamlearn_model_version" in names
+
+
+def test_tls_endpoint(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    m = Metrics()
+    port = m.serve(MetricsConfig(port=0, tls_certfile=str(cert), tls_keyfile=str(key)))
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        body = urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=ctx, timeout=10).read()
+        assert b"streamlearn_workers" in body
+        with pytest.raises(Exception):  # noqa: B017 (plain HTTP to a TLS port fails one way or another)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        m.close()
+
+
+def test_half_tls_config_fails_naming_the_keys() -> None:
+    with pytest.raises(ValueError, match="tls_certfile and tls_keyfile"):
+        MetricsConfig(port=0, tls_certfile="c.pem")
