@@ -131,6 +131,13 @@ class DivergenceDetector:
         self.level, self.spread, self.norms = math.nan, 0.0, []
 
 
+def clip_scale(norm: float, clip_norm: float | None) -> float:
+    """Factor that brings a gradient of norm ``norm`` down to ``clip_norm`` (1.0 when within it or unset)."""
+    if clip_norm is None or not norm > clip_norm:
+        return 1.0
+    return clip_norm / norm
+
+
 class Guard:
     """Watches one model's updates and acts when they diverge.
 
@@ -149,14 +156,12 @@ class Guard:
     def diverging(self) -> bool:
         return self.detector.diverging
 
-    def clip(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Bound the gradient norm while diverging (guard=clip); otherwise unchanged."""
+    def clip(self, grads: list[torch.Tensor], norm: float) -> list[torch.Tensor]:
+        """Bound the gradient norm (``norm``, as the learner measured it) while diverging with guard=clip."""
         if self.cfg.guard != "clip" or not self.diverging:
             return grads
-        norm = math.sqrt(sum(float((g.coalesce().values() if g.is_sparse else g).pow(2).sum()) for g in grads))
-        if norm <= self.cfg.clip_norm:
-            return grads
-        return [g * (self.cfg.clip_norm / norm) for g in grads]
+        scale = clip_scale(norm, self.cfg.clip_norm)
+        return grads if scale == 1.0 else [g * scale for g in grads]
 
     def after_step(self, loss: float, applied: bool) -> list[str]:
         fired = self.detector.observe(loss, weight_norm(self.model), applied)

@@ -136,6 +136,10 @@ class Job:
         self.checkpoints = 0
         self.lineage: Counter[tuple[int, str]] = Counter()
         self.exhausted: set[int] = set()  # embedded workers at the end of their stream
+        # what the divergence guard saw at its last look: updates, (loss sum, examples), last good mark
+        self._seen_updates = 0
+        self._seen_loss: tuple[float, int] = (0.0, 0)
+        self._good_at = -(10**9)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -295,13 +299,12 @@ class Job:
     def _guard(self, norm: float) -> None:
         """Feed the detector what happened since the last look; act on a divergence."""
         t = self.totals
-        new_updates = t.updates - getattr(self, "_seen_updates", 0)
+        new_updates = t.updates - self._seen_updates
         self._seen_updates = t.updates
         if new_updates <= 0:
             return
         losses = (t.stats.loss_positive + t.stats.loss_negative, t.stats.examples)
-        prev = getattr(self, "_seen_loss", (0.0, 0))
-        self._seen_loss = losses
+        prev, self._seen_loss = self._seen_loss, losses
         n = losses[1] - prev[1]
         loss = (losses[0] - prev[0]) / n if n else math.nan
         fired = self.detector.observe(loss, norm, applied=True, updates=new_updates)
@@ -322,7 +325,7 @@ class Job:
         elif not self.detector.diverging:
             if g.guard == "clip":
                 ray.get([s.call.remote("set_clip", None) for s in self.shards])
-            if t.updates - getattr(self, "_good_at", -(10**9)) >= g.good_every:
+            if t.updates - self._good_at >= g.good_every:
                 ray.get([s.call.remote("mark_good") for s in self.shards])
                 self._good_at = t.updates
         self.metrics.diverging.set(1 if self.detector.diverging else 0)

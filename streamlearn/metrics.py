@@ -167,7 +167,7 @@ class Metrics:
             self.kl.set(self._smooth("kl", s.kl_sum / s.kl_count, s.kl_count))
         if s.grad_norm:
             self.grad_norm.set(s.grad_norm)
-        self.updates.inc(sum(1 for _ in r.staleness) - r.dropped if r.staleness else 0)
+        self.updates.inc(len(r.staleness) - r.dropped)  # one staleness per gradient the servers saw
         for st in r.staleness:
             self.staleness.observe(st)
         if r.dropped:

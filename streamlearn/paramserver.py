@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from streamlearn.divergence import clip_scale
 from streamlearn.learner import OptimConfig, build_optimizer
 from streamlearn.model import ModelConfig, build_model
 
@@ -135,7 +136,7 @@ class Shard:
                     continue
                 scale = 1.0 / (1 + stale - self.cfg.max_staleness)
                 out.downweighted += 1
-            self._step(g, scale * self._clip_scale(norm))
+            self._step(g, scale * clip_scale(norm, self.clip_norm))
             out.applied += 1
             out.kept.append(True)
         out.version = self.version
@@ -143,7 +144,7 @@ class Shard:
 
     def add_to_round(self, worker: int, grads: Sequence[torch.Tensor] | None, norm: float) -> None:
         """Sync: record this worker's gradient for the open round (None: it had nothing)."""
-        scaled = None if grads is None else [g * self._clip_scale(norm) for g in grads]
+        scaled = None if grads is None else [g * clip_scale(norm, self.clip_norm) for g in grads]
         self.round[worker] = scaled
 
     def close_round(self) -> int:
@@ -155,11 +156,6 @@ class Shard:
         mean = [sum(parts[1:], parts[0]) / len(got) for parts in zip(*got, strict=True)]
         self._step(mean, 1.0)
         return len(got)
-
-    def _clip_scale(self, norm: float) -> float:
-        if self.clip_norm is None or not norm > self.clip_norm:
-            return 1.0
-        return self.clip_norm / norm
 
     def _step(self, grads: Sequence[torch.Tensor], scale: float) -> None:
         for p, g in zip(self.params, grads, strict=True):

@@ -70,7 +70,7 @@ class Trainer:
     def _learn(self, batch: list[Example]) -> None:
         grads, stats = self.learner.gradients(self.learner.batch(batch))
         if grads is not None:
-            self.learner.apply(self.guard.clip(grads))
+            self.learner.apply(self.guard.clip(grads, stats.grad_norm))
         fired = self.guard.after_step(stats.mean_loss, grads is not None)
         self.progress.divergence.update(fired)
         self.progress.record(batch, stats, grads is not None)
