@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamlearn.codec import decode
+from streamlearn.codec import MAGIC, decode
 from streamlearn.events import Event, Example, Feedback, Prediction, Schema
 from streamlearn.ingest import DeadLetter, Ingest
 from streamlearn.kafka_source import KafkaSettings, KafkaSource
@@ -104,3 +105,19 @@ class Broker:
 
 
 TopicFactory = Callable[..., KafkaSettings]  # the kafka_topics fixture: makes uuid topics
+
+
+DENSE = ", ".join(["0.5"] * 64)  # a valid 64-wide dense feature list, as JSON text
+# (stream, value, DLQ reason): malformed records both Kafka DLQ tests write, each adds its own on top
+MALFORMED_CORE = [
+    ("prediction", b"this is not json", "not_json"),
+    ("prediction", b"\xff\xfe{not utf8", "not_utf8"),
+    ("prediction", f'{{"id": "m-1", "ts": 1.0, "features": [{DENSE}], "prediction": "zebra"}}'.encode(),
+     "unknown_class"),
+    ("prediction", f'{{"id": "m-2", "ts": 1.0, "features": [NaN, {DENSE[5:]}], "prediction": 1}}'.encode(),
+     "non_finite"),
+    ("prediction", b'{"id": "m-3", "ts": 1.0, "features": [0.1, 0.2], "prediction": 1}', "bad_dense_length"),
+    ("prediction", MAGIC + struct.pack("<I", 1) + b"\x01\x05\x00ab", "truncated"),
+    ("feedback", b'{"id": "m-4", "ts": 1.0, "correct": true, "label": 2}', "correct_xor_label"),
+    ("feedback", b'{"id": "m-5", "ts": 1.0, "correct": "yes"}', "bad_correct"),
+]

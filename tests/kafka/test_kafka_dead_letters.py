@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import struct
 import time
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka_helpers import SCHEMA, TopicFactory, drain, expected_examples, simulate
+from kafka_helpers import DENSE, MALFORMED_CORE, SCHEMA, TopicFactory, drain, expected_examples, simulate
 
-from streamlearn.codec import MAGIC
 from streamlearn.events import Schema
 from streamlearn.ingest import Ingest
 from streamlearn.kafka_source import (
@@ -26,24 +24,13 @@ from streamlearn.kafka_source import (
 
 pytestmark = pytest.mark.kafka
 
-DENSE = ", ".join(["0.5"] * 64)
-
 # (stream, value, expected reason)
 MALFORMED = [
-    ("prediction", b"this is not json", "not_json"),
-    ("prediction", b"\xff\xfe{not utf8", "not_utf8"),
+    *MALFORMED_CORE,
     ("prediction", b"[1, 2, 3]", "not_object"),
-    ("prediction", f'{{"id": "m-1", "ts": 1.0, "features": [{DENSE}], "prediction": "zebra"}}'.encode(),
-     "unknown_class"),
-    ("prediction", f'{{"id": "m-2", "ts": 1.0, "features": [NaN, {DENSE[5:]}], "prediction": 1}}'.encode(),
-     "non_finite"),
     ("prediction", f'{{"ts": 1.0, "features": [{DENSE}], "prediction": 1}}'.encode(), "missing_id"),
-    ("prediction", b'{"id": "m-3", "ts": 1.0, "features": [0.1, 0.2], "prediction": 1}', "bad_dense_length"),
-    ("prediction", MAGIC + struct.pack("<I", 1) + b"\x01\x05\x00ab", "truncated"),
     ("prediction", f'{{"id": "m-6", "ts": 1.0, "features": [{DENSE}], "prediction": "{"ü" * 1500}"}}'.encode(),
      "unknown_class"),  # a long detail: the header is cut at a character boundary
-    ("feedback", b'{"id": "m-4", "ts": 1.0, "correct": true, "label": 2}', "correct_xor_label"),
-    ("feedback", b'{"id": "m-5", "ts": 1.0, "correct": "yes"}', "bad_correct"),
 ]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import struct
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewPartitions
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka_helpers import SCHEMA, Broker, TopicFactory, simulate
+from kafka_helpers import MALFORMED_CORE, SCHEMA, Broker, TopicFactory, simulate
 from run_helpers import (
     Cli,
     Expected,
@@ -37,7 +36,6 @@ from run_helpers import (
     wait_until,
 )
 
-from streamlearn.codec import MAGIC
 from streamlearn.kafka_source import H_DETAIL, H_ERROR, H_OFFSET, H_PARTITION, H_TOPIC, KafkaSettings, produce_stream
 
 pytestmark = pytest.mark.kafka
@@ -104,20 +102,10 @@ def test_run_consumes_every_record_once_and_trains_exactly(shared: Stream, tmp_p
 
 # -- 2 and 4. a binary stream with malformed records interleaved ------------------------------------
 
-DENSE = ", ".join(["0.5"] * 64)
 # (stream, value, DLQ reason): written into both topics between and after the valid records
 MALFORMED = [
-    ("prediction", b"this is not json", "not_json"),
-    ("prediction", b"\xff\xfe{not utf8", "not_utf8"),
-    ("prediction", f'{{"id": "m-1", "ts": 1.0, "features": [{DENSE}], "prediction": "zebra"}}'.encode(),
-     "unknown_class"),
-    ("prediction", f'{{"id": "m-2", "ts": 1.0, "features": [NaN, {DENSE[5:]}], "prediction": 1}}'.encode(),
-     "non_finite"),
-    ("prediction", b'{"id": "m-3", "ts": 1.0, "features": [0.1, 0.2], "prediction": 1}', "bad_dense_length"),
-    ("prediction", MAGIC + struct.pack("<I", 1) + b"\x01\x05\x00ab", "truncated"),
+    *MALFORMED_CORE,
     ("feedback", b"[1, 2, 3]", "not_object"),
-    ("feedback", b'{"id": "m-4", "ts": 1.0, "correct": true, "label": 2}', "correct_xor_label"),
-    ("feedback", b'{"id": "m-5", "ts": 1.0, "correct": "yes"}', "bad_correct"),
     ("feedback", b'{"ts": 1.0, "correct": true}', "missing_id"),
 ]
 
