@@ -24,6 +24,8 @@ Binary (several events per record, little endian)::
 A record that starts with the magic is binary, anything else is JSON, so one
 topic may carry both. Every malformed input raises :class:`DecodeError` and
 nothing else; the reason is short, stable text suitable for a DLQ header.
+:func:`reference_json` is the JSON contract checked field by field; valid
+records take the typed fast path in :mod:`streamlearn.jsonfast` first.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from streamlearn import jsonfast
 from streamlearn.events import Event, Features, Feedback, Prediction, Schema
 
 Kind = Literal["prediction", "feedback"]
@@ -76,6 +79,12 @@ def _reject_constant(name: str) -> float:
 
 
 def _decode_json(raw: bytes, kind: Kind, schema: Schema) -> Event:
+    fast = jsonfast.accept(raw, kind, schema)
+    return fast if fast is not None else reference_json(raw, kind, schema)
+
+
+def reference_json(raw: bytes, kind: Kind, schema: Schema) -> Event:
+    """The JSON contract, checked field by field: decides every rejection and names its reason."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -118,7 +127,7 @@ def feedback_from_dict(obj: Mapping[str, Any], schema: Schema) -> Feedback:
         raise DecodeError("bad_correct", "'correct' must be true or false")
     label = _class(obj["label"], schema, "label") if has_label else None
     weight = obj.get("weight", 1.0)
-    if type(weight) not in (int, float) or not math.isfinite(weight) or weight <= 0:
+    if type(weight) not in (int, float) or not math.isfinite(_float(weight)) or weight <= 0:
         raise DecodeError("bad_weight", "'weight' must be a finite number > 0")
     prediction = None
     if "prediction" in obj:
@@ -153,9 +162,17 @@ def _ts(obj: Mapping[str, Any]) -> float:
     value = obj["ts"]
     if type(value) not in (int, float):
         raise DecodeError("bad_ts", "'ts' must be a number")
-    if not math.isfinite(value):
+    if not math.isfinite(_float(value)):
         raise DecodeError("non_finite", "'ts' is not finite")
     return float(value)
+
+
+def _float(value: float) -> float:
+    """A JSON number as a float; an integer too large for one becomes infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def _class(value: object, schema: Schema, name: str) -> int:
@@ -180,7 +197,7 @@ def features_from(value: object, schema: Schema, required: bool) -> Features | N
             if type(v) is not float and type(v) is not int:
                 raise DecodeError("bad_feature", "dense features must be numbers")
         with np.errstate(over="ignore"):
-            arr = np.asarray(value, dtype=np.float32)
+            arr = np.asarray([_float(v) for v in value], dtype=np.float32)
         if not np.isfinite(arr).all():
             raise DecodeError("non_finite", "a feature is NaN or infinite (or overflows float32)")
         return arr
@@ -189,6 +206,7 @@ def features_from(value: object, schema: Schema, required: bool) -> Features | N
         for k, v in value.items():
             if type(v) is not float and type(v) is not int:
                 raise DecodeError("bad_feature", f"sparse feature {k[:50]!r} must be a number")
+            v = _float(v)
             if not math.isfinite(v) or abs(v) > 3.4e38:
                 raise DecodeError("non_finite", f"sparse feature {k[:50]!r} is not finite")
             out[k] = float(v)
@@ -204,7 +222,7 @@ def _probs(value: object, schema: Schema) -> np.ndarray | None:
     for v in value:
         if type(v) is not float and type(v) is not int:
             raise DecodeError("bad_probs", "'probs' must hold numbers")
-    arr = np.asarray(value, dtype=np.float64)
+    arr = np.asarray([_float(v) for v in value], dtype=np.float64)
     if not np.isfinite(arr).all() or (arr < 0).any():
         raise DecodeError("bad_probs", "'probs' must be finite and >= 0")
     return arr

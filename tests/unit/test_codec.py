@@ -106,7 +106,7 @@ def _random_json(rng: random.Random, depth: int = 0):
     if choice == 0:
         return rng.choice([None, True, False])
     if choice == 1:
-        return rng.choice([0, -1, 3, 2**70, 1.5, -1e308, 1e-320])
+        return rng.choice([0, -1, 3, 2**70, 10**400, 1.5, -1e308, 1e-320])
     if choice == 2:
         return rng.choice(["", "cat", "req-1", "\u00e9", "1"])
     if choice == 3:
