@@ -12,6 +12,7 @@ them ``--repeat`` times and the best repeat counts (the machine is noisy).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import time
@@ -51,9 +52,9 @@ def rows(name: str, data: DataConfig, n: int, repeat: int) -> list[dict[str, obj
         packed = [encode_binary(mine[i : i + 64]) for i in range(0, len(mine), 64)]
         assert all(jsonfast.accept(r, kind, schema) is not None for r in js), "fast path declined valid events"
         timings = {
-            "json_reference": best_us(lambda r: reference_json(r, kind, schema), js, len(js), repeat),  # type: ignore[arg-type]
-            "json": best_us(lambda r: decode(r, kind, schema), js, len(js), repeat),  # type: ignore[arg-type]
-            "binary": best_us(lambda r: decode(r, kind, schema), packed, len(mine), repeat),  # type: ignore[arg-type]
+            "json_reference": best_us(functools.partial(reference_json, kind=kind, schema=schema), js, len(js), repeat),
+            "json": best_us(functools.partial(decode, kind=kind, schema=schema), js, len(js), repeat),
+            "binary": best_us(functools.partial(decode, kind=kind, schema=schema), packed, len(mine), repeat),
         }
         for decoder, us in timings.items():
             out.append({"bench": "decode_speed", "dataset": name, "kind": kind, "decoder": decoder,

@@ -44,6 +44,49 @@ def build_optimizer(cfg: OptimConfig, params: Sequence[torch.nn.Parameter]) -> t
     return torch.optim.Adagrad(params, lr=cfg.lr)
 
 
+def step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+         scale: float = 1.0) -> None:
+    """One optimizer step with ``grads * scale``.
+
+    Dense gradients on a plain SGD or Adagrad (the options :func:`build_optimizer`
+    sets) take the same arithmetic as torch's step in numpy, in place on the
+    tensors' memory and on the optimizer's own state (so ``state_dict`` and
+    checkpoints are unchanged): on the small tensors of a streaming step,
+    torch's per-call overhead is most of the cost. Anything else goes through
+    ``optimizer.step()``.
+    """
+    if not _numpy_step(optimizer, params, grads, scale):
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g * scale if scale != 1.0 else g
+        optimizer.step()
+
+
+def _numpy_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                scale: float) -> bool:
+    group = optimizer.param_groups[0]
+    if len(optimizer.param_groups) != 1 or any(g.is_sparse or g.dtype != torch.float32 for g in grads):
+        return False
+    lr = float(group["lr"])
+    if isinstance(optimizer, torch.optim.SGD):
+        if group["momentum"] or group["weight_decay"] or group["maximize"]:
+            return False
+        for p, g in zip(params, grads, strict=True):
+            p.detach().numpy()[...] -= np.float32(lr * scale) * g.numpy()
+        return True
+    if not isinstance(optimizer, torch.optim.Adagrad) or group["weight_decay"] or group["lr_decay"] \
+            or group["maximize"]:
+        return False
+    eps = np.float32(group["eps"])
+    for p, g in zip(params, grads, strict=True):
+        state = optimizer.state[p]
+        grad = g.numpy() * np.float32(scale) if scale != 1.0 else g.numpy()
+        state["step"].numpy()[...] += 1
+        total = state["sum"].numpy()
+        total += grad * grad
+        p.detach().numpy()[...] -= np.float32(lr) * grad / (np.sqrt(total) + eps)
+    return True
+
+
 @dataclass
 class BatchStats:
     """What one batch taught and how the model did on it before learning."""
@@ -80,9 +123,9 @@ class BatchStats:
 @dataclass
 class Batch:
     inputs: tuple[torch.Tensor, ...]
-    labels: torch.Tensor  # (B,) long
-    positive: torch.Tensor  # (B,) bool
-    weights: torch.Tensor  # (B,) float
+    labels: np.ndarray  # (B,) int64
+    positive: np.ndarray  # (B,) bool
+    weights: np.ndarray  # (B,) float32, the feedback's own weight
     probs: list[np.ndarray | None]
 
     def __len__(self) -> int:
@@ -100,9 +143,9 @@ class Learner:
     def batch(self, examples: Sequence[Example]) -> Batch:
         return Batch(
             inputs=self.model.inputs([e.features for e in examples]),
-            labels=torch.tensor([e.label for e in examples], dtype=torch.long),
-            positive=torch.tensor([e.positive for e in examples], dtype=torch.bool),
-            weights=torch.tensor([e.weight for e in examples], dtype=torch.float32),
+            labels=np.array([e.label for e in examples], dtype=np.int64),
+            positive=np.array([e.positive for e in examples], dtype=np.bool_),
+            weights=np.array([e.weight for e in examples], dtype=np.float32),
             probs=[e.probs for e in examples],
         )
 
@@ -110,28 +153,39 @@ class Learner:
         """Score the batch with the current weights, then return d(loss)/d(params).
 
         Returns None for the gradient when the loss or the gradient is not
-        finite: such a batch must never be applied.
+        finite: such a batch must never be applied. A model with a closed form
+        (linear) gets its gradient from :meth:`Objective.closed_form` and one
+        matrix product; the others through autograd.
         """
+        if self.model.closed_form:
+            return self._closed_form_gradients(batch)
         self.model.zero_grad(set_to_none=True)
         logits = self.model(*batch.inputs)  # (B, K)
-        loss, per = self.objective.batch_loss(logits, batch.labels, batch.positive, batch.weights)
-        stats = _stats(logits.detach(), batch, per)
+        labels, positive = torch.from_numpy(batch.labels), torch.from_numpy(batch.positive)
+        loss, per = self.objective.batch_loss(logits, labels, positive, torch.from_numpy(batch.weights))
+        stats = _stats(logits.detach().numpy(), batch, per.numpy())
         if not torch.isfinite(loss):
             stats.skipped = 1
             return None, stats
         loss.backward()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.model.parameters()]
-        norm = math.sqrt(sum(float(_sq(g)) for g in grads))
-        stats.grad_norm = norm
-        if not math.isfinite(norm):
-            stats.skipped = 1
-            return None, stats
-        return grads, stats
+        return _checked(grads, stats)
+
+    def _closed_form_gradients(self, batch: Batch) -> tuple[list[torch.Tensor] | None, BatchStats]:
+        x = batch.inputs[0].numpy()  # (B, D)
+        with np.errstate(all="ignore"):  # a non-finite batch is detected below, not warned about
+            logits = self.model.logits(x)  # type: ignore[operator]  # (B, K)
+            per, dlogits = self.objective.closed_form(logits, batch.labels, batch.positive)
+            w = self.objective.weights(batch.positive, batch.weights) / max(1, len(batch))  # (B,)
+            stats = _stats(logits, batch, per)
+            if not np.isfinite(per @ w):
+                stats.skipped = 1
+                return None, stats
+            grads = self.model.param_grads(x, dlogits * w[:, None])  # type: ignore[operator]
+        return _checked(grads, stats)
 
     def apply(self, grads: Sequence[torch.Tensor], scale: float = 1.0) -> None:
-        for p, g in zip(self.model.parameters(), grads, strict=True):
-            p.grad = g * scale if scale != 1.0 else g
-        self.optimizer.step()
+        step(self.optimizer, list(self.model.parameters()), grads, scale)
 
     def learn(self, examples: Sequence[Example]) -> BatchStats:
         grads, stats = self.gradients(self.batch(examples))
@@ -145,30 +199,43 @@ class Learner:
         return torch.softmax(logits, dim=1).numpy()
 
 
-def _sq(g: torch.Tensor) -> torch.Tensor:
+def _checked(grads: list[torch.Tensor], stats: BatchStats) -> tuple[list[torch.Tensor] | None, BatchStats]:
+    norm = math.sqrt(sum(float(_sq(g)) for g in grads))
+    stats.grad_norm = norm
+    if not math.isfinite(norm):
+        stats.skipped = 1
+        return None, stats
+    return grads, stats
+
+
+def _sq(g: torch.Tensor) -> float:
     if g.is_sparse:
         g = g.coalesce().values()
-    return (g.double() ** 2).sum()
+    if g.requires_grad:
+        g = g.detach()
+    a = g.numpy()
+    return float(np.dot(a.ravel().astype(np.float64), a.ravel().astype(np.float64)))
 
 
-def _stats(logits: torch.Tensor, batch: Batch, per: torch.Tensor) -> BatchStats:
+def _stats(logits: np.ndarray, batch: Batch, per: np.ndarray) -> BatchStats:
+    """What the batch looked like to the model before learning: (B, K) logits, (B,) per-example loss."""
     pos = batch.positive
-    hit = logits.argmax(dim=1) == batch.labels  # (B,)
+    hit = logits.argmax(axis=1) == batch.labels  # (B,)
     s = BatchStats(
         positive=int(pos.sum()),
-        negative=int((~pos).sum()),
+        negative=len(pos) - int(pos.sum()),
         positive_correct=int((hit & pos).sum()),
         negative_avoided=int((~hit & ~pos).sum()),
-        loss_positive=float(per[pos].sum()),
-        loss_negative=float(per[~pos].sum()),
+        loss_positive=float(per[pos].sum(dtype=np.float64)),
+        loss_negative=float(per[~pos].sum(dtype=np.float64)),
         losses=list(zip(pos.tolist(), per.tolist(), strict=True)),
     )
-    logged = [(i, p) for i, p in enumerate(batch.probs) if p is not None]
-    if logged:
-        rows = [i for i, _ in logged]
-        serving = torch.from_numpy(np.stack([p for _, p in logged])).to(logits.dtype)  # (R, K)
-        log_model = torch.log_softmax(logits[rows], dim=1)
-        log_serving = torch.log(serving.clamp_min(1e-12))
-        kl = (serving * (log_serving - log_model)).sum(dim=1)
+    rows = [i for i, p in enumerate(batch.probs) if p is not None]
+    if rows:
+        serving = np.stack([batch.probs[i] for i in rows])  # type: ignore[misc]  # (R, K)
+        f = logits[rows].astype(np.float64)
+        top = f.max(axis=1, keepdims=True)
+        log_model = f - top - np.log(np.exp(f - top).sum(axis=1, keepdims=True))
+        kl = (serving * (np.log(np.clip(serving, 1e-12, None)) - log_model)).sum(axis=1)
         s.kl_sum, s.kl_count = float(kl.sum()), len(rows)
     return s

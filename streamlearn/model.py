@@ -43,6 +43,7 @@ class SoftmaxModel(nn.Module):
     """Base: a module with an ``inputs`` featurizer."""
 
     sparse = False  # True when gradients touch only some rows (hashed)
+    closed_form = False  # True when logits() and param_grads() give the gradient without autograd
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -77,6 +78,17 @@ class LinearSoftmax(SoftmaxModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)  # (B, K)
+
+    closed_form = True
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """(B, K) logits in numpy, from (B, D) inputs."""
+        w = self.linear.weight.detach().numpy()  # (K, D), shares memory
+        return x @ w.T + self.linear.bias.detach().numpy()
+
+    def param_grads(self, x: np.ndarray, dlogits: np.ndarray) -> list[torch.Tensor]:
+        """d(loss)/d(weight, bias) from d(loss)/d(logits) (B, K): one matrix product."""
+        return [torch.from_numpy(dlogits.T @ x), torch.from_numpy(dlogits.sum(axis=0))]
 
 
 class MLPSoftmax(SoftmaxModel):

@@ -43,12 +43,17 @@ logging policies at both horizons, so it is the default; ``benchmarks/`` and
 
 The batch loss is the weighted sum of per-example losses divided by the batch
 size (a mean that keeps the step size independent of the polarity mix).
+
+:meth:`Objective.closed_form` gives the per-example loss and d(loss)/d(logits)
+from the formulas above in numpy, without autograd: the linear model's
+gradient is then one matrix product (tests check it against autograd).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 OBJECTIVES = ("mixed", "positive-only", "negated")
@@ -93,6 +98,42 @@ class Objective:
         if weights is not None:
             w = w * weights
         return (per * w).sum() / max(1, per.shape[0]), per.detach()
+
+    def weights(self, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(B,) weight of each example's term: polarity weight times the feedback's own weight."""
+        return np.where(positive, np.float32(1.0), np.float32(self.neg_weight)) * weights
+
+    def closed_form(
+        self, logits: np.ndarray, labels: np.ndarray, positive: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Unweighted per-example loss (B,) and its gradient d(loss_i)/d(logits_i) (B, K), in log space."""
+        b, k = logits.shape
+        if k < 2:
+            raise ValueError(f"need K >= 2 classes, got K = {k}: a single class has nothing to learn")
+        rows = np.arange(b)
+        top = logits.max(axis=1, keepdims=True)  # (B, 1)
+        e = np.exp(logits - top)  # (B, K)
+        lse = top[:, 0] + np.log(e.sum(axis=1))  # (B,)
+        p = np.exp(logits - lse[:, None])  # (B, K) softmax
+        picked = logits[rows, labels]  # (B,) f_y or f_l
+        ce = lse - picked  # (B,) -log p(label|x)
+        onehot = np.zeros_like(p)
+        onehot[rows, labels] = 1.0
+        if self.name == "negated":
+            sign = np.where(positive, 1.0, -1.0).astype(p.dtype)
+            return ce * sign, (p - onehot) * sign[:, None]
+        neg = ~positive
+        if not neg.any():
+            return ce, p - onehot
+        masked = logits[neg].copy()  # (N, K) negatives only, with f_l := -inf
+        masked[np.arange(len(masked)), labels[neg]] = -np.inf
+        top_rest = masked.max(axis=1, keepdims=True)
+        lse_rest = top_rest[:, 0] + np.log(np.exp(masked - top_rest).sum(axis=1))  # (N,)
+        per = ce.copy()
+        per[neg] = lse[neg] - lse_rest
+        target = onehot
+        target[neg] = np.exp(masked - lse_rest[:, None])  # q = softmax over the other classes
+        return per, p - target
 
 
 def _check(logits: torch.Tensor, labels: torch.Tensor, positive: torch.Tensor) -> None:

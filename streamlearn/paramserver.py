@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from streamlearn.divergence import clip_scale
-from streamlearn.learner import OptimConfig, build_optimizer
+from streamlearn.learner import OptimConfig, build_optimizer, step
 from streamlearn.model import ModelConfig, build_model
 
 PS_MODES = ("sync", "async", "bounded")
@@ -158,9 +158,7 @@ class Shard:
         return len(got)
 
     def _step(self, grads: Sequence[torch.Tensor], scale: float) -> None:
-        for p, g in zip(self.params, grads, strict=True):
-            p.grad = g * scale if scale != 1.0 else g
-        self.optimizer.step()
+        step(self.optimizer, self.params, grads, scale)
         self.version += 1
 
     # -- reads -------------------------------------------------------------

@@ -73,3 +73,54 @@ def test_non_finite_batch_is_not_applied() -> None:
     bad = [Example("a", np.array([np.inf, 0], np.float32), 0, True)]
     grads, stats = learner.gradients(learner.batch(bad))
     assert grads is None and stats.skipped == 1
+
+
+@pytest.mark.parametrize("neg_weight", [1.0, 0.3])
+def test_linear_closed_form_equals_autograd(neg_weight: float) -> None:
+    """The linear model's numpy gradient and batch stats equal autograd's on the same weights."""
+    rng = np.random.default_rng(4)
+    fast = Learner(ModelConfig(n_features=6, n_classes=5), Objective(negative_weight=neg_weight), OptimConfig())
+    with torch.no_grad():
+        for p in fast.model.parameters():
+            p.copy_(torch.from_numpy(rng.normal(size=tuple(p.shape)).astype(np.float32)))
+    slow = Learner(ModelConfig(n_features=6, n_classes=5), Objective(negative_weight=neg_weight), OptimConfig())
+    slow.model.load_state_dict(fast.model.state_dict())
+    slow.model.closed_form = False  # force the autograd path
+    batch = [Example(str(i), rng.normal(size=6).astype(np.float32), int(rng.integers(5)), bool(i % 3 == 0),
+                     weight=float(1 + i % 2), probs=rng.dirichlet(np.ones(5)) if i % 4 == 0 else None)
+             for i in range(12)]
+    g_fast, s_fast = fast.gradients(fast.batch(batch))
+    g_slow, s_slow = slow.gradients(slow.batch(batch))
+    assert g_fast is not None and g_slow is not None
+    for a, b in zip(g_fast, g_slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert s_fast.grad_norm == pytest.approx(s_slow.grad_norm, rel=1e-5)
+    assert (s_fast.positive, s_fast.positive_correct, s_fast.negative_avoided) == (
+        s_slow.positive, s_slow.positive_correct, s_slow.negative_avoided)
+    assert s_fast.mean_loss == pytest.approx(s_slow.mean_loss, rel=1e-5)
+    assert s_fast.kl_count == s_slow.kl_count == 3 and s_fast.kl_sum == pytest.approx(s_slow.kl_sum, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad"])
+def test_numpy_step_matches_torch_optimizer(name: str) -> None:
+    """learner.step's in-place numpy update equals optimizer.step(), state included."""
+    from streamlearn.learner import build_optimizer, step
+
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(5, 7, generator=gen)), torch.nn.Parameter(torch.randn(5, generator=gen))]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    cfg = OptimConfig(name, lr=0.3)
+    opt_ours, opt_ref = build_optimizer(cfg, ours), build_optimizer(cfg, ref)
+    for i in range(50):
+        grads = [torch.randn(p.shape, generator=gen) * 10.0 ** (i % 4 - 2) for p in ours]
+        scale = 0.5 if i % 3 == 0 else 1.0
+        step(opt_ours, ours, grads, scale)
+        for p, g in zip(ref, grads, strict=True):
+            p.grad = g * scale
+        opt_ref.step()
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+    if name == "adagrad":
+        for a, b in zip(ours, ref, strict=True):
+            assert float(opt_ours.state[a]["step"]) == float(opt_ref.state[b]["step"]) == 50
+            torch.testing.assert_close(opt_ours.state[a]["sum"], opt_ref.state[b]["sum"], rtol=1e-5, atol=1e-6)

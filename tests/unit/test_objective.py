@@ -106,3 +106,27 @@ def test_objective_validation() -> None:
         Objective("nope")
     with pytest.raises(ValueError, match="negative_weight"):
         Objective(negative_weight=-1)
+
+
+@pytest.mark.parametrize("name", ["mixed", "positive-only", "negated"])
+@pytest.mark.parametrize(("k", "scale"), [(2, 1.0), (10, 3.0), (57, 10.0), (1000, 1e4)])
+def test_numpy_closed_form_matches_autograd(name: str, k: int, scale: float) -> None:
+    logits, labels, positive = _batch(32, k, scale, seed=k)
+    obj = Objective(name)
+    per, grad = obj.closed_form(logits.detach().numpy(), labels.numpy(), positive.numpy())
+    ref = obj.per_example(logits, labels, positive)
+    (g_ref,) = torch.autograd.grad(ref.sum(), logits)
+    assert per.shape == (32,) and grad.shape == (32, k)
+    torch.testing.assert_close(torch.from_numpy(per), ref.detach(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(torch.from_numpy(grad), g_ref, rtol=1e-9, atol=1e-9)
+
+
+def test_numpy_closed_form_weights_and_single_class() -> None:
+    import numpy as np
+
+    obj = Objective("mixed", negative_weight=0.25)
+    w = obj.weights(np.array([True, False]), np.array([2.0, 2.0], dtype=np.float32))
+    assert w.tolist() == [2.0, 0.5]
+    assert Objective("positive-only").weights(np.array([False]), np.ones(1, np.float32)).tolist() == [0.0]
+    with pytest.raises(ValueError, match="K >= 2"):
+        obj.closed_form(np.zeros((3, 1)), np.zeros(3, dtype=np.int64), np.ones(3, dtype=bool))
