@@ -111,17 +111,16 @@ class RayParamClient:
     def __init__(self, shards: Sequence[Any]) -> None:
         self.shards = list(shards)
 
-    def push(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
-             norms: Sequence[float], pull: bool = False) -> tuple[PushResult, WeightUpdate | None]:
+    def submit(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
+               norms: Sequence[float], pull: bool = False) -> _Pending:
         n = len(self.shards)
         if grads is None:
             per_shard: list[Any] = [None] * n
         else:
             parts = [split(g, n) for g in grads] if n > 1 else [[list(g)] for g in grads]  # [grad][shard]
             per_shard = [_pack([p[s] for p in parts]) for s in range(n)]
-        results = ray.get([s.push.remote(worker, g, version, norms, pull)
-                           for s, g in zip(self.shards, per_shard, strict=True)])
-        return results[0][0], (self._merge([(0, r[1]) for r in results]) if pull else None)
+        return _Pending([s.push.remote(worker, g, version, norms, pull)
+                         for s, g in zip(self.shards, per_shard, strict=True)], pull)
 
     def pull(self, rows: torch.Tensor | None) -> tuple[int, WeightUpdate]:
         results = ray.get([s.pull.remote(rows) for s in self.shards])
@@ -138,6 +137,17 @@ class RayParamClient:
             else:
                 merged[i] = torch.cat([p for p in parts if isinstance(p, torch.Tensor)], dim=0)
         return merged
+
+
+class _Pending:
+    """The shards' replies to one push, fetched when the worker settles it."""
+
+    def __init__(self, refs: list[Any], pull: bool) -> None:
+        self.refs, self.pull = refs, pull
+
+    def result(self) -> tuple[PushResult, WeightUpdate | None]:
+        results = ray.get(self.refs)
+        return results[0][0], (RayParamClient._merge([(0, r[1]) for r in results]) if self.pull else None)
 
 
 def _pack(grads: list[list[torch.Tensor]]) -> Any:

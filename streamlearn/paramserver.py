@@ -213,6 +213,16 @@ class Shard:
         self.round = {}
 
 
+@dataclass
+class Done:
+    """A push that already happened (in process): its reply."""
+
+    reply: tuple[PushResult, dict[int, Any] | None]
+
+    def result(self) -> tuple[PushResult, dict[int, Any] | None]:
+        return self.reply
+
+
 class LocalParamClient:
     """In-process shards behind the worker's ParamClient interface (async and bounded modes).
 
@@ -225,15 +235,15 @@ class LocalParamClient:
             raise ValueError("LocalParamClient: sync rounds need the Ray actor (it waits for every worker)")
         self.shards = list(shards)
 
-    def push(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
-             norms: Sequence[float], pull: bool = False) -> tuple[PushResult, dict[int, Any] | None]:
+    def submit(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
+               norms: Sequence[float], pull: bool = False) -> Done:
         result = PushResult(version=self.shards[0].version)
         if grads:
             parts = [split(g, len(self.shards)) for g in grads]
             results = [s.apply([p[i] for p in parts], [version + j for j in range(len(grads))], norms)
                        for i, s in enumerate(self.shards)]
             result = results[0]
-        return result, (self.pull(None)[1] if pull else None)
+        return Done((result, self.pull(None)[1] if pull else None))
 
     def pull(self, rows: torch.Tensor | None) -> tuple[int, dict[int, Any]]:
         full = merge([s.weights() for s in self.shards])

@@ -9,6 +9,14 @@ micro-batch it yields. Gradients for up to ``grads_per_push`` micro-batches
 are computed on the same replica weights and sent in one call (never one call
 per event); the replica pulls fresh weights every ``pull_every`` pushes, or
 as soon as it is ``max_staleness`` versions behind.
+
+Outside sync mode a dense model's push does not block: the worker sends group
+i and computes group i + 1 while the servers apply group i, then settles the
+reply of group i (at most one push in flight, all settled before ``step``
+returns, so a step's result and a snapshot describe only settled pushes). A
+reply's weights are merged as a delta, ``replica += server - replica_at_push``,
+so the worker keeps its own newer local steps and one worker still reproduces
+the single-process loop.
 """
 
 from __future__ import annotations
@@ -33,10 +41,16 @@ LOSS_SAMPLE = 64  # per-example losses a step reports for the loss histogram (a 
 WeightUpdate = dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 
 
+class PendingPush(Protocol):
+    def result(self) -> tuple[PushResult, WeightUpdate | None]:
+        """Wait for the servers' reply."""
+        ...
+
+
 class ParamClient(Protocol):
-    def push(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
-             norms: Sequence[float], pull: bool = False) -> tuple[PushResult, WeightUpdate | None]:
-        """Send gradients; with ``pull``, the reply also carries the weights after applying them."""
+    def submit(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
+               norms: Sequence[float], pull: bool = False) -> PendingPush:
+        """Send gradients without waiting; with ``pull``, the reply also carries the weights after applying them."""
         ...
 
     def pull(self, rows: torch.Tensor | None) -> tuple[int, WeightUpdate]: ...
@@ -67,6 +81,17 @@ class StepResult:
     lag: dict[TopicPartition, int] = field(default_factory=dict)
 
 
+@dataclass
+class _Push:
+    """A push whose reply is not settled yet."""
+
+    pending: PendingPush
+    kept: list[list[Example]]  # the micro-batches whose gradients it carries
+    base: list[torch.Tensor] | None  # the replica when it was sent, if the reply brings weights
+    sent: int  # Worker.sent once it went out: the servers' reply includes that many own gradients
+    started: float
+
+
 class Worker:
     def __init__(self, worker: int, learner: Learner, ingest: Ingest, source: EventSource, ps: ParamClient,
                  ps_cfg: PSConfig, dead_letters: Callable[[list[DeadLetter]], None] | None = None,
@@ -79,9 +104,11 @@ class Worker:
         self.applied: Counter[tuple[int, str]] = Counter()  # lineage: examples in the model
         self.version = 0
         self.pushes_since_pull = 0
-        self.local_since_pull = 0  # own gradients applied to the replica since the last pull
+        self.sent = 0  # own gradients applied to the replica and pushed (outside sync mode), ever
+        self.sent_at_pull = 0  # how many of them the last pulled weights include
         self._behind = 0  # versions the replica lagged at the last push
         self._pulled_once = False
+        self._inflight: _Push | None = None
 
     # -- the loop ------------------------------------------------------------
 
@@ -106,7 +133,8 @@ class Worker:
         for i in range(0, len(batches), group):
             self._train(batches[i : i + group], out)
         if not batches and self.cfg.mode == "sync":
-            self._push(None, [], out)  # say "nothing this round" so the round can close
+            self._push(None, [], [], out)  # say "nothing this round" so the round can close
+        self._settle(out)
         out.counts = Counter(self.ingest.counts) - before_counts
         out.join = self.ingest.join_counts() - before_join
         out.pending = self.ingest.pending + len(self.buffer)
@@ -143,12 +171,46 @@ class Worker:
             norms.append(stats.grad_norm)
             kept.append(b)
         out.batch_seconds.append(time.perf_counter() - start)
-        if not grads:
+        if grads:
+            self._push(grads, norms, kept, out, pull=self._pull_due(after_push=True))
+
+    def _push(self, grads: list[list[torch.Tensor]] | None, norms: list[float], kept: list[list[Example]],
+              out: StepResult, pull: bool = False) -> None:
+        """Send a group; settle the previous push (pipelined) or this one (sync mode, sparse models)."""
+        t = time.perf_counter()
+        base = [p.detach().clone() for p in self.learner.model.parameters()] if pull else None
+        # the replica already holds our own earlier gradients since the last pull
+        pending = self.ps.submit(self.id, grads, self.version + self.local_since_pull, norms, pull)
+        if self.cfg.mode != "sync":
+            self.sent += len(grads or [])
+        out.push_seconds += time.perf_counter() - t
+        out.pushes += 1
+        sent = _Push(pending, kept, base, self.sent, t)
+        self._settle(out)  # the previous one, if any
+        self._inflight = sent
+        if self.cfg.mode == "sync" or self.learner.model.sparse:
+            self._settle(out)
+
+    def _settle(self, out: StepResult) -> None:
+        """Wait for the push in flight, if any, and account for it."""
+        push, self._inflight = self._inflight, None
+        if push is None:
             return
-        result = self._push(grads, norms, out, pull=self._pull_due(after_push=True))
+        t = time.perf_counter()
+        result, weights = push.pending.result()
+        out.push_seconds += time.perf_counter() - t
+        out.staleness.extend(result.staleness)
+        self._behind = max(result.staleness, default=0)
+        out.dropped += result.dropped
+        out.downweighted += result.downweighted
+        self.pushes_since_pull += 1
+        if weights is not None:
+            self._load(result.version, weights, out, base=push.base, sent=push.sent)
+        elif self.cfg.mode == "sync":
+            self.version = result.version  # the round closed with our gradient in it
         # credit the examples of every gradient the server applied (sync: the round's average)
-        applied = result.kept or [True] * len(kept)
-        for b, ok in zip(kept, applied, strict=True):
+        applied = result.kept or [True] * len(push.kept)
+        for b, ok in zip(push.kept, applied, strict=True):
             if not ok:
                 out.dropped_examples += len(b)
                 continue
@@ -156,26 +218,6 @@ class Worker:
                 key = (ex.partition, "positive" if ex.positive else "negative")
                 self.applied[key] += 1
                 out.applied[key] += 1
-
-    def _push(self, grads: list[list[torch.Tensor]] | None, norms: list[float], out: StepResult,
-              pull: bool = False) -> PushResult:
-        t = time.perf_counter()
-        # the replica already holds our own earlier gradients since the last pull
-        result, weights = self.ps.push(self.id, grads, self.version + self.local_since_pull, norms, pull)
-        if self.cfg.mode != "sync":
-            self.local_since_pull += len(grads or [])
-        out.push_seconds += time.perf_counter() - t
-        out.pushes += 1
-        out.staleness.extend(result.staleness)
-        self._behind = max(result.staleness, default=0)
-        out.dropped += result.dropped
-        out.downweighted += result.downweighted
-        self.pushes_since_pull += 1
-        if weights is not None:
-            self._load(result.version, weights, out)
-        elif self.cfg.mode == "sync":
-            self.version = result.version  # the round closed with our gradient in it
-        return result
 
     def _pull_due(self, after_push: bool = False) -> bool:
         """Dense models pull with the push that makes one due; sparse ones pull the rows a group needs first."""
@@ -193,7 +235,15 @@ class Worker:
         version, update = self.ps.pull(rows)
         self._load(version, update, out)
 
-    def _load(self, version: int, update: WeightUpdate, out: StepResult) -> None:
+    @property
+    def local_since_pull(self) -> int:
+        """Own gradients in the replica that the last pulled version does not include."""
+        return self.sent - self.sent_at_pull
+
+    def _load(self, version: int, update: WeightUpdate, out: StepResult,
+              base: list[torch.Tensor] | None = None, sent: int | None = None) -> None:
+        """Take the servers' weights (which include ``sent`` own gradients, default all); with ``base``
+        (the replica when the push went out) as a delta on top of the own steps taken since."""
         params = list(self.learner.model.parameters())
         drift = 0.0
         with torch.no_grad():
@@ -202,6 +252,10 @@ class Worker:
                     r, v = value
                     drift += float(((params[i][r] - v).double() ** 2).sum())
                     params[i][r] = v
+                elif base is not None:
+                    delta = value - base[i]
+                    drift += float((delta.double() ** 2).sum())
+                    params[i].add_(delta)
                 else:
                     drift += float(((params[i] - value).double() ** 2).sum())
                     params[i].copy_(value)
@@ -210,12 +264,13 @@ class Worker:
         self._pulled_once = True
         self.version = version
         self.pushes_since_pull = 0
-        self.local_since_pull = 0
+        self.sent_at_pull = self.sent if sent is None else sent
 
     # -- checkpoints ----------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
         """Everything this worker must resume from, consistent with what it pushed so far."""
+        assert self._inflight is None, "every push is settled before a step returns"
         return {
             "ingest": self.ingest.snapshot(),
             "positions": self.source.positions(),
@@ -229,3 +284,4 @@ class Worker:
         self.buffer = list(state["buffer"])
         self.applied = Counter(state["applied"])
         self._pulled_once = False
+        self._inflight = None
