@@ -4,6 +4,9 @@ Prints one JSON line per (dataset, kind, decoder) with microseconds per event
 and ``ratio_to_reference`` (reference time / this time: how many times faster).
 Records are the simulated stream's, encoded once; each decoder reads all of
 them ``--repeat`` times and the best repeat counts (the machine is noisy).
+The ``json_kept_*`` rows decode ~100,000 records keeping every event alive, as
+a join does, under CPython's default GC thresholds and under
+:func:`streamlearn.worker.tune_gc` (what worker processes use).
 
     python benchmarks/decode_speed.py
     python benchmarks/decode_speed.py --events 50000 --datasets digits,wide
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import itertools
 import json
 import time
@@ -22,6 +26,7 @@ from streamlearn import jsonfast
 from streamlearn.codec import decode, encode_binary, encode_json, reference_json
 from streamlearn.events import Event, Prediction, Schema
 from streamlearn.simulate import DataConfig, SimConfig, Simulator
+from streamlearn.worker import tune_gc
 
 DATASETS = {  # name -> simulator data settings (see benchmarks/peers.py)
     "digits": DataConfig(),
@@ -41,6 +46,22 @@ def best_us(fn: Callable[[bytes], object], records: list[bytes], events: int, re
     return best / events * 1e6
 
 
+def kept_us(records: list[bytes], kind: str, schema: Schema, tuned: bool) -> float:
+    """Decode keeping every event alive (as a join does), under default or tuned GC thresholds."""
+    before = gc.get_threshold()
+    if tuned:
+        tune_gc()
+    try:
+        gc.collect()
+        kept = []
+        start = time.perf_counter()
+        for raw in records:
+            kept.append(decode(raw, kind, schema))  # type: ignore[arg-type]
+        return (time.perf_counter() - start) / len(records) * 1e6
+    finally:
+        gc.set_threshold(*before)
+
+
 def rows(name: str, data: DataConfig, n: int, repeat: int) -> list[dict[str, object]]:
     sim = Simulator(SimConfig(events=n), data)
     schema = Schema.from_spec(data.n_classes, data.n_features)
@@ -56,6 +77,9 @@ def rows(name: str, data: DataConfig, n: int, repeat: int) -> list[dict[str, obj
             "json": best_us(functools.partial(decode, kind=kind, schema=schema), js, len(js), repeat),
             "binary": best_us(functools.partial(decode, kind=kind, schema=schema), packed, len(mine), repeat),
         }
+        many = js * max(1, 100_000 // len(js))  # enough live objects for collections to matter
+        timings["json_kept_default_gc"] = kept_us(many, kind, schema, tuned=False)
+        timings["json_kept_tuned_gc"] = kept_us(many, kind, schema, tuned=True)
         for decoder, us in timings.items():
             out.append({"bench": "decode_speed", "dataset": name, "kind": kind, "decoder": decoder,
                         "events": len(mine), "us_per_event": round(us, 2),

@@ -64,6 +64,7 @@ from streamlearn.model import ModelConfig
 from streamlearn.objective import Objective
 from streamlearn.simulate import DataConfig, SimConfig, Simulator
 from streamlearn.source import Record
+from streamlearn.worker import tune_gc
 
 BATCH = 5000  # records per next_batch / poll
 
@@ -351,6 +352,7 @@ def run(bootstrap: str, events: int, partitions: int, codecs: list[str], repeat:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_gc()  # as in a worker process, for the in-process rows too
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--bootstrap-servers", default=os.environ.get("STREAMLEARN_KAFKA_BOOTSTRAP"),
                    help="an existing broker (default: start a throwaway one with deploy/kafka/local.sh)")

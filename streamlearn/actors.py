@@ -17,7 +17,7 @@ import torch
 from streamlearn.learner import OptimConfig
 from streamlearn.model import ModelConfig
 from streamlearn.paramserver import PSConfig, PushResult, Shard, split
-from streamlearn.worker import StepResult, WeightUpdate
+from streamlearn.worker import StepResult, WeightUpdate, tune_gc
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
@@ -163,6 +163,7 @@ class WorkerActor:
 
     def __init__(self, worker: int, cfg: Any, partitions: list[int], shards: list[Any]) -> None:
         torch.set_num_threads(1)
+        tune_gc()
         from streamlearn.job import build_worker
 
         self.worker = build_worker(cfg, worker, partitions, RayParamClient(shards))

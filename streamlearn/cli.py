@@ -29,6 +29,7 @@ from streamlearn.model import MODELS, ModelConfig
 from streamlearn.objective import OBJECTIVES, Objective
 from streamlearn.paramserver import PS_MODES, STALE_POLICIES
 from streamlearn.simulate import DATASETS, POLICIES, DataConfig, Dataset, SimConfig
+from streamlearn.worker import tune_gc
 
 
 class CliError(Exception):
@@ -423,6 +424,7 @@ COMMANDS = {"evaluate": cmd_evaluate, "demo": cmd_demo, "run": cmd_run, "predict
 
 def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)  # micro-batches are tiny: threads cost more than they give
+    tune_gc()  # evaluate and predict learn in this process
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

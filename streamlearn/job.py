@@ -97,6 +97,7 @@ class Totals:
     dropped_examples: int = 0
     pushes: int = 0
     push_seconds: float = 0.0
+    compute_seconds: float = 0.0
     step_seconds: float = 0.0
 
     def add(self, r: StepResult) -> None:
@@ -111,7 +112,8 @@ class Totals:
         self.dropped_examples += r.dropped_examples
         self.pushes += r.pushes
         self.push_seconds += r.push_seconds
-        self.step_seconds += sum(r.batch_seconds)
+        self.compute_seconds += sum(r.batch_seconds)
+        self.step_seconds += r.step_seconds
 
 
 def assign(partitions: int, workers: int) -> list[list[int]]:
@@ -468,7 +470,9 @@ class Job:
             "stop_reason": self.stop_reason,
             "seconds": round(seconds, 3),
             "events_per_second": round(consumed / seconds, 1) if seconds > 0 else None,
+            # share of the workers' step time spent in push calls (Ray overhead and waiting for replies)
             "push_fraction": round(t.push_seconds / t.step_seconds, 4) if t.step_seconds else None,
+            "push_to_compute": round(t.push_seconds / t.compute_seconds, 4) if t.compute_seconds else None,
         }
         self.weights = self.final_weights()  # kept for callers after the actors are gone
         if cfg.source == "embedded":

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from streamlearn.codec import Kind, encode_binary, encode_json
 from streamlearn.events import Event, Prediction
@@ -21,9 +20,8 @@ from streamlearn.events import Event, Prediction
 TopicPartition = tuple[str, int]
 
 
-@dataclass(frozen=True)
-class Record:
-    """One raw record as read from a partition."""
+class Record(NamedTuple):
+    """One raw record as read from a partition (a named tuple: immutable, and cheap to build per record)."""
 
     kind: Kind  # which stream: prediction or feedback
     topic: str

@@ -21,6 +21,7 @@ the single-process loop.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -39,6 +40,18 @@ LOSS_SAMPLE = 64  # per-example losses a step reports for the loss histogram (a 
 
 # param index -> full tensor, or (rows (R,), values (R, ...)) for a sparse pull
 WeightUpdate = dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
+
+
+def tune_gc() -> None:
+    """Collect garbage less often in a worker process.
+
+    The hot loop allocates a few small objects per event, many of them long
+    lived (events waiting in the join), and CPython's default thresholds then
+    spend a third of decoding time in collections (benchmarks/decode_speed.py
+    has the row). The loop creates no reference cycles to speak of, so fewer
+    and larger young collections lose nothing.
+    """
+    gc.set_threshold(50_000, 20, 100)
 
 
 class PendingPush(Protocol):
@@ -74,8 +87,9 @@ class StepResult:
     pushes: int = 0
     version: int = 0
     replica_drift: float | None = None
-    batch_seconds: list[float] = field(default_factory=list)
-    push_seconds: float = 0.0
+    batch_seconds: list[float] = field(default_factory=list)  # compute per group (gradients, local steps)
+    push_seconds: float = 0.0  # in push calls: sending, and waiting for replies not yet there
+    step_seconds: float = 0.0  # the whole step: poll, decode, join, compute, push
     pending: int = 0
     exhausted: bool = False
     lag: dict[TopicPartition, int] = field(default_factory=dict)
@@ -114,6 +128,7 @@ class Worker:
 
     def step(self, drain: bool = False) -> StepResult:
         """Poll once and learn from every full micro-batch; ``drain`` also learns a partial one."""
+        started = time.perf_counter()
         out = StepResult(self.id)
         before_counts, before_join = Counter(self.ingest.counts), self.ingest.join_counts()
         records = [] if drain else self.source.next_batch(self.max_records)
@@ -143,6 +158,7 @@ class Worker:
         lag = getattr(self.source, "lag", None)
         if callable(lag):
             out.lag = lag()
+        out.step_seconds = time.perf_counter() - started
         return out
 
     def _train(self, batches: list[list[Example]], out: StepResult) -> None:
