@@ -12,7 +12,7 @@ for a full example file)::
     ray: {address: auto, num_cpus: 2}
     model: {kind: linear, hidden: 64, buckets: 262144}
     objective: {name: mixed, negative_weight: 1.0}
-    optim: {name: adagrad, lr: 0.3, batch_size: 8}
+    optim: {name: adagrad, lr: 0.3, batch_size: 4}
     ps: {mode: async, shards: 1, max_staleness: 32, ...}
     join: {ttl_seconds: 3600, max_pending: 1000000}
     divergence: {guard: rollback, ...}

@@ -27,7 +27,7 @@ OPTIMIZERS = ("sgd", "adagrad")
 class OptimConfig:
     name: str = "adagrad"  # sgd | adagrad
     lr: float = 0.3  # step size; Adagrad divides it by the root of the summed squared gradients
-    batch_size: int = 8  # examples per micro-batch (one gradient); small batches learn more per event
+    batch_size: int = 4  # examples per micro-batch (one gradient); small batches learn more per event (objective.py)
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:

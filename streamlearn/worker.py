@@ -149,7 +149,8 @@ class Worker:
             self._train(batches[i : i + group], out)
         if not batches and self.cfg.mode == "sync":
             self._push(None, [], [], out)  # say "nothing this round" so the round can close
-        self._settle(out)
+        if self._inflight is not None:
+            self._settle(self._inflight, out)
         out.counts = Counter(self.ingest.counts) - before_counts
         out.join = self.ingest.join_counts() - before_join
         out.pending = self.ingest.pending + len(self.buffer)
@@ -202,16 +203,16 @@ class Worker:
         out.push_seconds += time.perf_counter() - t
         out.pushes += 1
         sent = _Push(pending, kept, base, self.sent, t)
-        self._settle(out)  # the previous one, if any
-        self._inflight = sent
+        previous, self._inflight = self._inflight, sent
+        if previous is not None:
+            self._settle(previous, out)
         if self.cfg.mode == "sync" or self.learner.model.sparse:
-            self._settle(out)
+            self._settle(sent, out)
 
-    def _settle(self, out: StepResult) -> None:
-        """Wait for the push in flight, if any, and account for it."""
-        push, self._inflight = self._inflight, None
-        if push is None:
-            return
+    def _settle(self, push: _Push, out: StepResult) -> None:
+        """Wait for a push's reply and account for it."""
+        if push is self._inflight:
+            self._inflight = None
         t = time.perf_counter()
         result, weights = push.pending.result()
         out.push_seconds += time.perf_counter() - t
@@ -272,6 +273,8 @@ class Worker:
                     delta = value - base[i]
                     drift += float((delta.double() ** 2).sum())
                     params[i].add_(delta)
+                    if self._inflight is not None and self._inflight.base is not None:
+                        self._inflight.base[i].add_(delta)  # its base is the replica before this merge
                 else:
                     drift += float(((params[i] - value).double() ** 2).sum())
                     params[i].copy_(value)
