@@ -174,6 +174,9 @@ class WorkerActor:
     def step(self, drain: bool = False) -> StepResult:
         return self.worker.step(drain)
 
+    def flush(self) -> StepResult:
+        return self.worker.flush()
+
     def snapshot(self) -> dict[str, Any]:
         return self.worker.snapshot()
 

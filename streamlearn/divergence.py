@@ -52,6 +52,7 @@ class DivergenceConfig:
     clip_norm: float = 1.0  # guard=clip: gradient norm bound while diverging
     lr_factor: float = 0.5  # guard=lower-lr: multiplier applied per divergence event
     good_every: int = 100  # guard=rollback: updates between saves of the last good state
+    window_examples: int = 32  # single process: examples whose mean loss is one observation (any micro-batch)
 
     def __post_init__(self) -> None:
         if self.guard not in GUARDS:
@@ -62,7 +63,7 @@ class DivergenceConfig:
             raise ValueError(f"divergence norm_growth_ratio: must be > 1, got {self.norm_growth_ratio}")
         if not 0 < self.lr_factor < 1:
             raise ValueError(f"divergence lr_factor: must be in (0, 1), got {self.lr_factor}")
-        for name in ("warmup_updates", "recovery_updates", "good_every"):
+        for name in ("warmup_updates", "recovery_updates", "good_every", "window_examples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"divergence {name}: must be >= 1")
 
@@ -142,7 +143,11 @@ class Guard:
     """Watches one model's updates and acts when they diverge.
 
     Owns a :class:`DivergenceDetector`; the model holder calls :meth:`clip`
-    on each gradient before the step and :meth:`after_step` after it.
+    on each gradient before the step and :meth:`after_step` after it. Losses
+    are pooled over ``window_examples`` examples before the detector sees them,
+    so a spike means the same thing at any micro-batch size (the mean of 4
+    examples is twice as noisy as that of 16); a non-finite batch is reported
+    at once.
     """
 
     def __init__(self, cfg: DivergenceConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -151,6 +156,8 @@ class Guard:
         self.model, self.optimizer = model, optimizer
         self.rollbacks = 0
         self._good: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._next_good = 0  # the first healthy observation saves one
+        self._pool = [0.0, 0, 0]  # loss x examples, examples, updates not yet observed
 
     @property
     def diverging(self) -> bool:
@@ -163,12 +170,24 @@ class Guard:
         scale = clip_scale(norm, self.cfg.clip_norm)
         return grads if scale == 1.0 else [g * scale for g in grads]
 
-    def after_step(self, loss: float, applied: bool) -> list[str]:
-        fired = self.detector.observe(loss, weight_norm(self.model), applied)
+    def after_step(self, loss: float, applied: bool, examples: int = 1) -> list[str]:
+        """Report one batch (mean ``loss`` over ``examples``); returns the signals the detector raised."""
+        if not applied or not math.isfinite(loss):
+            return self.detector.observe(loss, math.nan, applied=False)
+        pool = self._pool
+        pool[0] += loss * examples
+        pool[1] += examples
+        pool[2] += 1
+        if pool[1] < self.cfg.window_examples:
+            return []
+        mean, updates = pool[0] / pool[1], int(pool[2])
+        self._pool = [0.0, 0, 0]
+        fired = self.detector.observe(mean, weight_norm(self.model), True, updates=updates)
         if any(k != "non_finite" for k in fired):
             self._act()
-        elif not self.diverging and self.detector.updates % self.cfg.good_every == 0:
+        elif not self.diverging and self.detector.updates >= self._next_good:
             self._good = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+            self._next_good = self.detector.updates + self.cfg.good_every
         return fired
 
     def _act(self) -> None:

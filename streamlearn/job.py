@@ -347,6 +347,8 @@ class Job:
                 self._fold(ray.get(ref))
             if self.cfg.ps.mode == "sync" and inflight:
                 ray.get([s.set_workers.remote(len(inflight)) for s in self.shards])
+        for r in ray.get([w.flush.remote() for w in self.workers]):  # pushes still in flight
+            self._fold(r)
 
     def _checkpoint(self, inflight: dict[Any, int]) -> None:
         waiting = dict(inflight)
@@ -404,6 +406,11 @@ class Job:
                 ray.get(ref, timeout=60)
             except Exception as err:  # the failed and the cancelled steps: their work is replayed
                 log.debug("in-flight step lost: %s", err)
+        for w in self.workers:  # a push still in flight must not land after the restore
+            try:
+                ray.get(w.flush.remote(), timeout=60)
+            except Exception as err:
+                log.debug("in-flight push lost: %s", err)
         inflight.clear()
         self.exhausted.clear()
         found = checkpoint.latest(self.cfg.checkpoint.dir)

@@ -221,21 +221,24 @@ def _stats(logits: np.ndarray, batch: Batch, per: np.ndarray) -> BatchStats:
     """What the batch looked like to the model before learning: (B, K) logits, (B,) per-example loss."""
     pos = batch.positive
     hit = logits.argmax(axis=1) == batch.labels  # (B,)
+    n_pos = int(np.count_nonzero(pos))
+    n_pos_hit = int(np.count_nonzero(hit & pos))
+    loss_pos = float(per @ pos) if n_pos else 0.0
     s = BatchStats(
-        positive=int(pos.sum()),
-        negative=len(pos) - int(pos.sum()),
-        positive_correct=int((hit & pos).sum()),
-        negative_avoided=int((~hit & ~pos).sum()),
-        loss_positive=float(per[pos].sum(dtype=np.float64)),
-        loss_negative=float(per[~pos].sum(dtype=np.float64)),
+        positive=n_pos,
+        negative=len(pos) - n_pos,
+        positive_correct=n_pos_hit,
+        negative_avoided=len(pos) - n_pos - (int(np.count_nonzero(hit)) - n_pos_hit),
+        loss_positive=loss_pos,
+        loss_negative=float(per.sum(dtype=np.float64)) - loss_pos,
         losses=list(zip(pos.tolist(), per.tolist(), strict=True)),
     )
     rows = [i for i, p in enumerate(batch.probs) if p is not None]
     if rows:
         serving = np.stack([batch.probs[i] for i in rows])  # type: ignore[misc]  # (R, K)
-        f = logits[rows].astype(np.float64)
+        f = logits[rows]
         top = f.max(axis=1, keepdims=True)
-        log_model = f - top - np.log(np.exp(f - top).sum(axis=1, keepdims=True))
-        kl = (serving * (np.log(np.clip(serving, 1e-12, None)) - log_model)).sum(axis=1)
-        s.kl_sum, s.kl_count = float(kl.sum()), len(rows)
+        log_model = f - (top + np.log(np.exp(f - top).sum(axis=1, keepdims=True)))  # (R, K) log-softmax
+        kl = (serving * (np.log(np.maximum(serving, 1e-12)) - log_model)).sum()
+        s.kl_sum, s.kl_count = float(kl), len(rows)
     return s

@@ -11,12 +11,13 @@ per event); the replica pulls fresh weights every ``pull_every`` pushes, or
 as soon as it is ``max_staleness`` versions behind.
 
 Outside sync mode a dense model's push does not block: the worker sends group
-i and computes group i + 1 while the servers apply group i, then settles the
-reply of group i (at most one push in flight, all settled before ``step``
-returns, so a step's result and a snapshot describe only settled pushes). A
-reply's weights are merged as a delta, ``replica += server - replica_at_push``,
-so the worker keeps its own newer local steps and one worker still reproduces
-the single-process loop.
+i and goes on (polling, decoding, computing group i + 1, across steps) while
+the servers apply group i, then settles the reply of group i when it sends the
+next one. At most one push is in flight; :meth:`Worker.flush` settles it (the
+driver calls it before a checkpoint or a recovery, and a draining step does),
+and a step's result credits only settled pushes. A reply's weights are merged
+as a delta, ``replica += server - replica_at_push``, so the worker keeps its
+own newer local steps and one worker still reproduces the single-process loop.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class Worker:
             self._train(batches[i : i + group], out)
         if not batches and self.cfg.mode == "sync":
             self._push(None, [], [], out)  # say "nothing this round" so the round can close
-        if self._inflight is not None:
+        if drain and self._inflight is not None:
             self._settle(self._inflight, out)
         out.counts = Counter(self.ingest.counts) - before_counts
         out.join = self.ingest.join_counts() - before_join
@@ -160,6 +161,14 @@ class Worker:
         if callable(lag):
             out.lag = lag()
         out.step_seconds = time.perf_counter() - started
+        return out
+
+    def flush(self) -> StepResult:
+        """Settle the push in flight, if any: afterwards the servers hold every gradient sent."""
+        out = StepResult(self.id, version=self.version)
+        if self._inflight is not None:
+            self._settle(self._inflight, out)
+            out.version = self.version
         return out
 
     def _train(self, batches: list[list[Example]], out: StepResult) -> None:
@@ -289,7 +298,7 @@ class Worker:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything this worker must resume from, consistent with what it pushed so far."""
-        assert self._inflight is None, "every push is settled before a step returns"
+        assert self._inflight is None, "flush() before a snapshot: the servers must hold what it describes"
         return {
             "ingest": self.ingest.snapshot(),
             "positions": self.source.positions(),

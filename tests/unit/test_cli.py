@@ -45,7 +45,7 @@ def test_evaluate_all_on_digits_random_policy() -> None:
                     "weight_norm", "diverged"):
             assert key in r
     assert by["mixed"]["heldout_accuracy"] >= 0.93
-    assert by["mixed"]["heldout_accuracy"] > by["positive-only"]["heldout_accuracy"]
+    assert by["mixed"]["heldout_accuracy"] >= by["positive-only"]["heldout_accuracy"] + 0.01  # the margin
     assert by["mixed"]["diverged"] is False
     assert by["negated"]["diverged"] is True
     assert by["negated"]["heldout_accuracy"] < 0.5

@@ -11,11 +11,12 @@ from streamlearn.simulate import SimConfig
 
 @pytest.mark.parametrize("shards", [1, 2])
 def test_replicas_track_the_servers_across_pipelined_pushes(shards: int) -> None:
-    """After a step every push is settled, so the replica holds exactly the servers' weights.
+    """Once flushed, the replica holds exactly the servers' weights.
 
     Each step sends several groups, each reply merged as a delta while the next
-    push is in flight: a delta counted twice (or lost) leaves the replica off
-    the servers by the other worker's updates.
+    push is in flight (and the last one stays in flight into the next step): a
+    delta counted twice (or lost) leaves the replica off the servers by the
+    other worker's updates.
     """
     cfg = JobConfig(workers=2, partitions=2, max_records=300, sim=SimConfig(events=6000),
                     ps=PSConfig(mode="async", shards=shards, grads_per_push=2))
@@ -26,6 +27,7 @@ def test_replicas_track_the_servers_across_pipelined_pushes(shards: int) -> None
         for w in workers:
             r = w.step()
             multi_push_steps += r.pushes >= 2
+            assert w.flush().applied or r.pushes == 0  # the step's last push was still in flight
             _, server = client.pull(None)
             for p, s in zip(w.learner.model.parameters(), server.values(), strict=True):
                 torch.testing.assert_close(p.detach(), s, rtol=0, atol=1e-6)
