@@ -20,6 +20,7 @@ it overstates a little (each torch process maps ~250 MB of libraries).
 from __future__ import annotations
 
 import collections
+import math
 import os
 import re
 import shutil
@@ -142,24 +143,36 @@ def delete_topics(topics: Iterable[Topics]) -> None:
 class RssSampler:
     """Peak summed RSS of this process + the job's actor processes (and + all Ray processes), sampled."""
 
-    def __init__(self, every: float = 0.2, root: int | None = None) -> None:
-        self.every = every
+    def __init__(self, every: float = 0.2, root: int | None = None, rescan: float = 2.0) -> None:
+        self.every, self.rescan = every, rescan
         self.root = psutil.Process(root or os.getpid())
         self.peak_job = 0
         self.peak_all = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._children: list[tuple[psutil.Process, bool]] = []  # (process, is a job actor)
+        self._scanned = -math.inf
 
     def sample(self) -> None:
+        # listing the process tree reads all of /proc: do it every ``rescan`` seconds, not every sample,
+        # so the sampler takes little of the CPU the job it measures is using
+        if time.monotonic() - self._scanned > self.rescan:
+            self._scanned = time.monotonic()
+            found = []
+            for child in self.root.children(recursive=True):
+                try:
+                    found.append((child, any(n in child.name() for n in ACTOR_NAMES)))
+                except psutil.Error:
+                    continue
+            self._children = found
         job = total = self.root.memory_info().rss
-        for child in self.root.children(recursive=True):
+        for child, actor in self._children:
             try:
                 rss = child.memory_info().rss
-                name = child.name()
             except psutil.Error:
                 continue
             total += rss
-            if any(n in name for n in ACTOR_NAMES):
+            if actor:
                 job += rss
         self.peak_job = max(self.peak_job, job)
         self.peak_all = max(self.peak_all, total)

@@ -224,7 +224,8 @@ class Job:
 
     def _loop(self, start: float) -> None:
         cfg = self.cfg
-        inflight: dict[Any, int] = {w.step.remote(): i for i, w in enumerate(self.workers)}
+        inflight: dict[Any, int] = {}
+        self._issue(inflight)
         last_records = time.monotonic()
         last_ckpt = time.monotonic()
         updates_at_ckpt = 0
@@ -274,6 +275,14 @@ class Job:
             self._fold(r)
         if cfg.checkpoint.dir:
             self._save()
+
+    def _issue(self, inflight: dict[Any, int]) -> None:
+        """Queue steps on every worker: two each outside sync mode, so a worker never idles while the driver
+        folds its last result (the actor runs them in order); one in sync mode, where a round counts them."""
+        depth = 1 if self.cfg.ps.mode == "sync" else 2
+        for _ in range(depth):
+            for i, w in enumerate(self.workers):
+                inflight[w.step.remote()] = i
 
     def _stopping(self, start: float, last_records: float, exhausted: set[int]) -> bool:
         s, t = self.cfg.stop, self.totals
@@ -426,8 +435,7 @@ class Job:
                     raise
                 time.sleep(0.5)  # the actor is still restarting
         ray.get([s.set_workers.remote(len(self.workers)) for s in self.shards])
-        for i, w in enumerate(self.workers):
-            inflight[w.step.remote()] = i
+        self._issue(inflight)
 
     # -- reporting -------------------------------------------------------------------
 

@@ -190,7 +190,7 @@ class Worker:
             out.stats.add(stats)
             if g is None:
                 continue
-            g = [t.detach().clone() for t in g]
+            # no copy needed: the next gradients() allocates new tensors (closed form, or grads set to None)
             if local:
                 self.learner.apply(g)
             grads.append(g)
