@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,14 +65,15 @@ def step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], grads
 def _numpy_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                 scale: float) -> bool:
     group = optimizer.param_groups[0]
-    if len(optimizer.param_groups) != 1 or any(g.is_sparse or g.dtype != torch.float32 for g in grads):
+    if len(optimizer.param_groups) != 1 or any(g.dtype != torch.float32 for g in grads):
         return False
     lr = float(group["lr"])
     if isinstance(optimizer, torch.optim.SGD):
         if group["momentum"] or group["weight_decay"] or group["maximize"]:
             return False
         for p, g in zip(params, grads, strict=True):
-            p.detach().numpy()[...] -= np.float32(lr * scale) * g.numpy()
+            rows, grad = _dense_rows(g)
+            p.detach().numpy()[rows] -= np.float32(lr * scale) * grad
         return True
     if not isinstance(optimizer, torch.optim.Adagrad) or group["weight_decay"] or group["lr_decay"] \
             or group["maximize"]:
@@ -79,12 +81,26 @@ def _numpy_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]
     eps = np.float32(group["eps"])
     for p, g in zip(params, grads, strict=True):
         state = optimizer.state[p]
-        grad = g.numpy() * np.float32(scale) if scale != 1.0 else g.numpy()
+        rows, grad = _dense_rows(g)
+        if scale != 1.0:
+            grad = grad * np.float32(scale)
         state["step"].numpy()[...] += 1
         total = state["sum"].numpy()
-        total += grad * grad
-        p.detach().numpy()[...] -= np.float32(lr) * grad / (np.sqrt(total) + eps)
+        total[rows] += grad * grad
+        p.detach().numpy()[rows] -= np.float32(lr) * grad / (np.sqrt(total[rows]) + eps)
     return True
+
+
+def _dense_rows(g: torch.Tensor) -> tuple[Any, np.ndarray]:
+    """(rows, values) of a gradient: every row of a dense one (``...``), the touched rows of a sparse one
+    with repeated rows summed (what ``coalesce`` does)."""
+    if not g.is_sparse:
+        return ..., g.numpy()
+    idx, vals = g._indices()[0].numpy(), g._values().numpy()
+    rows, inverse = np.unique(idx, return_inverse=True)
+    summed = np.zeros((len(rows), *vals.shape[1:]), dtype=vals.dtype)
+    np.add.at(summed, inverse, vals)
+    return rows, summed
 
 
 @dataclass
@@ -172,16 +188,16 @@ class Learner:
         return _checked(grads, stats)
 
     def _closed_form_gradients(self, batch: Batch) -> tuple[list[torch.Tensor] | None, BatchStats]:
-        x = batch.inputs[0].numpy()  # (B, D)
+        inputs = tuple(t.numpy() for t in batch.inputs)
         with np.errstate(all="ignore"):  # a non-finite batch is detected below, not warned about
-            logits = self.model.logits(x)  # type: ignore[operator]  # (B, K)
+            logits = self.model.logits(*inputs)  # type: ignore[operator]  # (B, K)
             per, dlogits = self.objective.closed_form(logits, batch.labels, batch.positive)
             w = self.objective.weights(batch.positive, batch.weights) / max(1, len(batch))  # (B,)
             stats = _stats(logits, batch, per)
             if not np.isfinite(per @ w):
                 stats.skipped = 1
                 return None, stats
-            grads = self.model.param_grads(x, dlogits * w[:, None])  # type: ignore[operator]
+            grads = self.model.param_grads(inputs, dlogits * w[:, None])  # type: ignore[operator]
         return _checked(grads, stats)
 
     def apply(self, grads: Sequence[torch.Tensor], scale: float = 1.0) -> None:
@@ -209,12 +225,8 @@ def _checked(grads: list[torch.Tensor], stats: BatchStats) -> tuple[list[torch.T
 
 
 def _sq(g: torch.Tensor) -> float:
-    if g.is_sparse:
-        g = g.coalesce().values()
-    if g.requires_grad:
-        g = g.detach()
-    a = g.numpy()
-    return float(np.dot(a.ravel().astype(np.float64), a.ravel().astype(np.float64)))
+    a = _dense_rows(g.detach())[1].ravel().astype(np.float64)
+    return float(np.dot(a, a))
 
 
 def _stats(logits: np.ndarray, batch: Batch, per: np.ndarray) -> BatchStats:

@@ -86,8 +86,9 @@ class LinearSoftmax(SoftmaxModel):
         w = self.linear.weight.detach().numpy()  # (K, D), shares memory
         return x @ w.T + self.linear.bias.detach().numpy()
 
-    def param_grads(self, x: np.ndarray, dlogits: np.ndarray) -> list[torch.Tensor]:
+    def param_grads(self, inputs: tuple[np.ndarray, ...], dlogits: np.ndarray) -> list[torch.Tensor]:
         """d(loss)/d(weight, bias) from d(loss)/d(logits) (B, K): one matrix product."""
+        (x,) = inputs
         return [torch.from_numpy(dlogits.T @ x), torch.from_numpy(dlogits.sum(axis=0))]
 
 
@@ -158,6 +159,28 @@ class HashedSoftmax(SoftmaxModel):
 
     def forward(self, idx: torch.Tensor, offsets: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
         return self.table(idx, offsets, per_sample_weights=vals) + self.bias  # (B, K)
+
+    closed_form = True
+
+    def logits(self, idx: np.ndarray, offsets: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        """(B, K) logits in numpy: per example, the value-weighted sum of its buckets' rows, plus the bias."""
+        table = self.table.weight.detach().numpy()  # (buckets, K), shares memory
+        out = np.zeros((len(offsets), table.shape[1]), dtype=np.float32)
+        np.add.at(out, _bags(offsets, len(idx)), table[idx] * vals[:, None])
+        return out + self.bias.detach().numpy()
+
+    def param_grads(self, inputs: tuple[np.ndarray, ...], dlogits: np.ndarray) -> list[torch.Tensor]:
+        """A sparse (buckets, K) gradient on the rows the batch touched (repeats summed later), and the bias's."""
+        idx, offsets, vals = inputs
+        rows = vals[:, None] * dlogits[_bags(offsets, len(idx))]  # (N, K)
+        table = torch.sparse_coo_tensor(torch.from_numpy(idx)[None, :], torch.from_numpy(rows),
+                                        self.table.weight.shape, check_invariants=False)  # built in range
+        return [torch.from_numpy(dlogits.sum(axis=0)), table]  # parameters() order: bias, then table.weight
+
+
+def _bags(offsets: np.ndarray, n: int) -> np.ndarray:
+    """(N,) example index of each of the N features, from the examples' (B,) start offsets."""
+    return np.repeat(np.arange(len(offsets)), np.diff(np.append(offsets, n)))
 
 
 def build_model(cfg: ModelConfig) -> SoftmaxModel:

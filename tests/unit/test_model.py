@@ -75,25 +75,29 @@ def test_non_finite_batch_is_not_applied() -> None:
     assert grads is None and stats.skipped == 1
 
 
+@pytest.mark.parametrize("kind", ["linear", "hashed"])
 @pytest.mark.parametrize("neg_weight", [1.0, 0.3])
-def test_linear_closed_form_equals_autograd(neg_weight: float) -> None:
-    """The linear model's numpy gradient and batch stats equal autograd's on the same weights."""
+def test_closed_form_equals_autograd(kind: str, neg_weight: float) -> None:
+    """The numpy gradient and batch stats equal autograd's on the same weights (hashed: sparse, summed rows)."""
     rng = np.random.default_rng(4)
-    fast = Learner(ModelConfig(n_features=6, n_classes=5), Objective(negative_weight=neg_weight), OptimConfig())
+    model_cfg = ModelConfig(kind, n_features=6, n_classes=5, buckets=16)  # 16 buckets: repeated rows in a batch
+    fast = Learner(model_cfg, Objective(negative_weight=neg_weight), OptimConfig())
     with torch.no_grad():
         for p in fast.model.parameters():
             p.copy_(torch.from_numpy(rng.normal(size=tuple(p.shape)).astype(np.float32)))
-    slow = Learner(ModelConfig(n_features=6, n_classes=5), Objective(negative_weight=neg_weight), OptimConfig())
+    slow = Learner(model_cfg, Objective(negative_weight=neg_weight), OptimConfig())
     slow.model.load_state_dict(fast.model.state_dict())
     slow.model.closed_form = False  # force the autograd path
     batch = [Example(str(i), rng.normal(size=6).astype(np.float32), int(rng.integers(5)), bool(i % 3 == 0),
                      weight=float(1 + i % 2), probs=rng.dirichlet(np.ones(5)) if i % 4 == 0 else None)
              for i in range(12)]
+    batch[5] = Example("no-features", {}, 1, True)  # an empty bag for the hashed model
     g_fast, s_fast = fast.gradients(fast.batch(batch))
     g_slow, s_slow = slow.gradients(slow.batch(batch))
     assert g_fast is not None and g_slow is not None
     for a, b in zip(g_fast, g_slow, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert a.is_sparse == b.is_sparse
+        torch.testing.assert_close(a.to_dense(), b.to_dense(), rtol=1e-5, atol=1e-6)
     assert s_fast.grad_norm == pytest.approx(s_slow.grad_norm, rel=1e-5)
     assert (s_fast.positive, s_fast.positive_correct, s_fast.negative_avoided) == (
         s_slow.positive, s_slow.positive_correct, s_slow.negative_avoided)
@@ -101,9 +105,15 @@ def test_linear_closed_form_equals_autograd(neg_weight: float) -> None:
     assert s_fast.kl_count == s_slow.kl_count == 3 and s_fast.kl_sum == pytest.approx(s_slow.kl_sum, rel=1e-5)
 
 
+def _sparse_grad(gen: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
+    rows = torch.randint(0, shape[0], (9,), generator=gen)  # repeats: rows are summed before the update
+    return torch.sparse_coo_tensor(rows[None, :], torch.randn(9, *shape[1:], generator=gen), shape)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("name", ["sgd", "adagrad"])
-def test_numpy_step_matches_torch_optimizer(name: str) -> None:
-    """learner.step's in-place numpy update equals optimizer.step(), state included."""
+def test_numpy_step_matches_torch_optimizer(name: str, sparse: bool) -> None:
+    """learner.step's in-place numpy update equals optimizer.step(), state included (dense and sparse rows)."""
     from streamlearn.learner import build_optimizer, step
 
     gen = torch.Generator().manual_seed(0)
@@ -113,6 +123,8 @@ def test_numpy_step_matches_torch_optimizer(name: str) -> None:
     opt_ours, opt_ref = build_optimizer(cfg, ours), build_optimizer(cfg, ref)
     for i in range(50):
         grads = [torch.randn(p.shape, generator=gen) * 10.0 ** (i % 4 - 2) for p in ours]
+        if sparse:
+            grads[0] = _sparse_grad(gen, (5, 7))
         scale = 0.5 if i % 3 == 0 else 1.0
         step(opt_ours, ours, grads, scale)
         for p, g in zip(ref, grads, strict=True):
