@@ -7,6 +7,7 @@ The only module that applies ``ray.remote``. The logic lives in plain classes
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 
 from streamlearn.learner import OptimConfig
 from streamlearn.model import ModelConfig
-from streamlearn.paramserver import PSConfig, PushResult, Shard, split
+from streamlearn.paramserver import InOrder, PSConfig, PushResult, Shard, split
 from streamlearn.worker import StepResult, WeightUpdate, tune_gc
 
 
@@ -32,9 +33,11 @@ class ParamServerActor:
         self._closed = asyncio.Event()
         self._round = 0
         self._round_size = 0
+        self._order = InOrder()
 
     async def push(self, worker: int, grads: Any, version: int, norms: Sequence[float],
-                   pull: bool = False) -> tuple[PushResult, WeightUpdate | None]:
+                   pull: bool = False, client: str = "", seq: int = 0) -> tuple[PushResult, WeightUpdate | None]:
+        await self._order.turn(client, seq)  # pipelined pushes of one worker apply in the order sent
         grads = self._unpack(grads)
         if self.cfg.mode != "sync":
             result = self.shard.apply(grads, [version + i for i in range(len(grads))], norms) if grads else \
@@ -110,6 +113,8 @@ class RayParamClient:
 
     def __init__(self, shards: Sequence[Any]) -> None:
         self.shards = list(shards)
+        self.token = uuid.uuid4().hex  # this client's pushes are applied in the order of ``seq``
+        self.seq = 0
 
     def submit(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
                norms: Sequence[float], pull: bool = False) -> _Pending:
@@ -119,7 +124,8 @@ class RayParamClient:
         else:
             parts = [split(g, n) for g in grads] if n > 1 else [[list(g)] for g in grads]  # [grad][shard]
             per_shard = [_pack([p[s] for p in parts]) for s in range(n)]
-        return _Pending([s.push.remote(worker, g, version, norms, pull)
+        self.seq += 1
+        return _Pending([s.push.remote(worker, g, version, norms, pull, self.token, self.seq)
                          for s, g in zip(self.shards, per_shard, strict=True)], pull)
 
     def pull(self, rows: torch.Tensor | None) -> tuple[int, WeightUpdate]:

@@ -22,6 +22,7 @@ Modes (``PSConfig.mode``):
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -211,6 +212,33 @@ class Shard:
         self.optimizer.load_state_dict(state["optimizer"])
         self.version = state["version"]
         self.round = {}
+
+
+class InOrder:
+    """Runs each client's pushes in the order it sent them.
+
+    A worker keeps a push in flight while it sends the next, and an async Ray
+    actor may start calls in any order; Adagrad steps do not commute, so the
+    server waits for a client's earlier push before applying a later one.
+    Clients are keyed by a token per client object, so a restarted worker
+    (a new client) starts its own count.
+    """
+
+    def __init__(self) -> None:
+        self.next: dict[str, int] = {}
+        self.waiting: dict[tuple[str, int], asyncio.Event] = {}
+
+    async def turn(self, client: str, seq: int) -> None:
+        """Return when push ``seq`` of ``client`` may run (all its earlier ones have started)."""
+        expected = self.next.setdefault(client, seq)
+        if seq > expected:
+            event = self.waiting.setdefault((client, seq), asyncio.Event())
+            await event.wait()
+            del self.waiting[(client, seq)]
+        self.next[client] = max(self.next[client], seq + 1)
+        later = self.waiting.get((client, seq + 1))
+        if later is not None:
+            later.set()
 
 
 @dataclass

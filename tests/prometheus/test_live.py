@@ -266,13 +266,14 @@ def test_scraped_counts_only_grow_towards_the_summary(healthy: LiveRun) -> None:
     assert any(0 < v < values[-1] for v in values), "no scrape caught the job mid-run"
 
 
-def test_progressive_accuracy_rises(healthy: LiveRun) -> None:
+def test_progressive_accuracy_tracks_learning(healthy: LiveRun) -> None:
     samples = healthy.prom.range('streamlearn_progressive_accuracy{polarity="positive"}', healthy.started,
                                  healthy.ended)
     values = [v for _, v in samples if math.isfinite(v)]
     assert len(values) >= 3, values
-    assert values[-1] > values[0], f"accuracy did not rise: first {values[0]:.3f}, last {values[-1]:.3f}"
-    assert values[-1] > 0.8
+    # it rises, unless the model had already learned the digits by the first scrape (it can, in a second)
+    assert values[-1] > values[0] or values[0] > 0.9, f"first {values[0]:.3f}, last {values[-1]:.3f}"
+    assert min(values) > 0.1 and values[-1] > 0.8, values  # never at or below chance (10 classes)
 
 
 def test_dashboard_queries_evaluate_and_core_panels_have_data(healthy: LiveRun) -> None:

@@ -35,3 +35,27 @@ def test_replicas_track_the_servers_across_pipelined_pushes(shards: int) -> None
     assert multi_push_steps >= 12  # the pipelined path (a reply merged with a push in flight) ran
     applied = sum(sum(w.applied.values()) for w in workers)
     assert applied == sum(s.version for s in client.shards[:1]) * cfg.optim.batch_size
+
+
+def test_in_order_runs_each_clients_pushes_in_the_order_sent() -> None:
+    """An async actor may start calls out of order; InOrder holds a later push until the earlier one ran."""
+    import asyncio
+
+    from streamlearn.paramserver import InOrder
+
+    ran: list[tuple[str, int]] = []
+
+    async def push(order: InOrder, client: str, seq: int) -> None:
+        await order.turn(client, seq)
+        ran.append((client, seq))
+
+    async def main() -> None:
+        order = InOrder()
+        await push(order, "a", 1)  # a client's first push sets its count
+        # arrive as 4, 3, b1, 2: a's run as 2, 3, 4; b (another client) is not held up by a
+        tasks = [asyncio.create_task(push(order, c, s)) for c, s in [("a", 4), ("a", 3), ("b", 1), ("a", 2)]]
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)
+
+    asyncio.run(main())
+    assert [s for c, s in ran if c == "a"] == [1, 2, 3, 4]
+    assert ran.index(("b", 1)) < ran.index(("a", 2))
