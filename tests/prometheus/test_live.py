@@ -35,7 +35,7 @@ from tests.prometheus.promserver import JOB, Prometheus, PromQLError, free_port
 pytestmark = pytest.mark.prometheus
 
 LINGER = Path(__file__).with_name("linger.py")
-HEALTHY_EVENTS = 60_000  # predictions (each judged once: 2x records); about 20-30 s of training on 2 workers
+HEALTHY_EVENTS = 200_000  # predictions (each judged once: 2x records); about 10-15 s of training on 2 workers
 NEGATED_EVENTS = 60_000
 RATE_INTERVAL = "10s"  # stands in for Grafana's $__rate_interval (>= 4 scrape intervals of 1 s)
 START_TIMEOUT = 180.0  # Ray start-up on a loaded CI machine
