@@ -121,3 +121,20 @@ MALFORMED_CORE = [
     ("feedback", b'{"id": "m-4", "ts": 1.0, "correct": true, "label": 2}', "correct_xor_label"),
     ("feedback", b'{"id": "m-5", "ts": 1.0, "correct": "yes"}', "bad_correct"),
 ]
+Sent = dict[tuple[str, int, int], tuple[bytes | None, bytes, str]]  # (topic, partition, offset) -> key, value, reason
+
+
+def send_malformed(settings: KafkaSettings, batch: list[tuple[str, bytes, str]], first: int, sent: Sent) -> None:
+    """Write (stream, value, reason) records with a plain producer, alternating partitions 0 and 1; record i
+    (counting from ``first``) is keyed ``bad-i``, record 0 has no key. Fills ``sent`` with where each landed."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    try:
+        for i, (stream, value, reason) in enumerate(batch, first):
+            topic = settings.predictions_topic if stream == "prediction" else settings.feedback_topic
+            key = None if i == 0 else f"bad-{i}".encode()
+            meta = producer.send(topic, value=value, key=key, partition=i % 2).get(timeout=30)
+            sent[(topic, meta.partition, meta.offset)] = (key, value, reason)
+    finally:
+        producer.close()

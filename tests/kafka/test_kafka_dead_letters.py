@@ -7,7 +7,17 @@ import time
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka_helpers import DENSE, MALFORMED_CORE, SCHEMA, TopicFactory, drain, expected_examples, simulate
+from kafka_helpers import (
+    DENSE,
+    MALFORMED_CORE,
+    SCHEMA,
+    Sent,
+    TopicFactory,
+    drain,
+    expected_examples,
+    send_malformed,
+    simulate,
+)
 
 from streamlearn.events import Schema
 from streamlearn.ingest import Ingest
@@ -42,16 +52,8 @@ def test_malformed_records_go_to_the_dlq_with_headers(kafka_topics: TopicFactory
     settings = kafka_topics(partitions=2)
     valid = simulate(200, seed=5)
     counts = produce_stream(settings, valid)
-    producer = _raw_producer(settings.bootstrap_servers)
-    sent = {}  # (topic, partition, offset) -> (key, value, reason)
-    try:
-        for i, (stream, value, reason) in enumerate(MALFORMED):
-            topic = settings.predictions_topic if stream == "prediction" else settings.feedback_topic
-            key = None if i == 0 else f"bad-{i}".encode()
-            meta = producer.send(topic, value=value, key=key, partition=i % 2).get(timeout=30)
-            sent[(topic, meta.partition, meta.offset)] = (key, value, reason)
-    finally:
-        producer.close()
+    sent: Sent = {}
+    send_malformed(settings, MALFORMED, 0, sent)
 
     source = KafkaSource(settings, [0, 1])
     ingest = Ingest(SCHEMA)

@@ -21,7 +21,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewPartitions
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka_helpers import MALFORMED_CORE, SCHEMA, Broker, TopicFactory, simulate
+from kafka_helpers import MALFORMED_CORE, SCHEMA, Broker, Sent, TopicFactory, send_malformed, simulate
 from run_helpers import (
     Cli,
     Expected,
@@ -116,21 +116,8 @@ class MixedRun:
     settings: KafkaSettings
     valid_records: int
     expected: Expected
-    sent: dict[tuple[str, int, int], tuple[bytes | None, bytes, str]]  # where -> (key, value, reason)
+    sent: Sent  # where -> (key, value, reason)
     letters: list[ConsumerRecord]
-
-
-def _send_malformed(settings: KafkaSettings, batch: list[tuple[str, bytes, str]], first: int,
-                    sent: dict[tuple[str, int, int], tuple[bytes | None, bytes, str]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
-    try:
-        for i, (stream, value, reason) in enumerate(batch, first):
-            topic = settings.predictions_topic if stream == "prediction" else settings.feedback_topic
-            key = None if i == 0 else f"bad-{i}".encode()
-            meta = producer.send(topic, value=value, key=key, partition=i % 2).get(timeout=30)
-            sent[(topic, meta.partition, meta.offset)] = (key, value, reason)
-    finally:
-        producer.close()
 
 
 @pytest.fixture(scope="module")
@@ -138,12 +125,12 @@ def mixed(topics: ModuleTopics, tmp_path_factory: pytest.TempPathFactory) -> Mix
     """Binary packs from `produce --codec binary`, malformed records between and after them, one run."""
     work = tmp_path_factory.mktemp("mixed")
     settings = topics(2)
-    sent: dict[tuple[str, int, int], tuple[bytes | None, bytes, str]] = {}
+    sent: Sent = {}
     half = len(MALFORMED) // 2
     first = produce(work, settings, 600, 21, "--codec", "binary", "--pack", "16")
-    _send_malformed(settings, MALFORMED[:half], 0, sent)
+    send_malformed(settings, MALFORMED[:half], 0, sent)
     second = produce(work, settings, 600, 22, "--codec", "binary", "--pack", "16")
-    _send_malformed(settings, MALFORMED[half:], half, sent)
+    send_malformed(settings, MALFORMED[half:], half, sent)
     assert len(sent) == len(MALFORMED)
     summary = cli(work, settings, *run_args(*IDLE)).ok()
     letters = read_topic(settings, settings.dlq_topic, len(MALFORMED))
