@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from streamlearn.events import Example
-from streamlearn.model import ModelConfig, SoftmaxModel, build_model
+from streamlearn.model import ModelConfig, SoftmaxModel, build_model, sum_rows
 from streamlearn.objective import Objective
 
 OPTIMIZERS = ("sgd", "adagrad")
@@ -49,8 +49,8 @@ def step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], grads
          scale: float = 1.0) -> None:
     """One optimizer step with ``grads * scale``.
 
-    Dense gradients on a plain SGD or Adagrad (the options :func:`build_optimizer`
-    sets) take the same arithmetic as torch's step in numpy, in place on the
+    Dense or sparse (row) gradients on a plain SGD or Adagrad (the options
+    :func:`build_optimizer` sets) take the same arithmetic as torch's step in numpy, in place on the
     tensors' memory and on the optimizer's own state (so ``state_dict`` and
     checkpoints are unchanged): on the small tensors of a streaming step,
     torch's per-call overhead is most of the cost. Anything else goes through
@@ -97,10 +97,7 @@ def _dense_rows(g: torch.Tensor) -> tuple[Any, np.ndarray]:
     if not g.is_sparse:
         return ..., g.numpy()
     idx, vals = g._indices()[0].numpy(), g._values().numpy()
-    rows, inverse = np.unique(idx, return_inverse=True)
-    summed = np.zeros((len(rows), *vals.shape[1:]), dtype=vals.dtype)
-    np.add.at(summed, inverse, vals)
-    return rows, summed
+    return (idx, vals) if g.is_coalesced() else sum_rows(idx, vals)
 
 
 @dataclass

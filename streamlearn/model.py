@@ -170,12 +170,20 @@ class HashedSoftmax(SoftmaxModel):
         return out + self.bias.detach().numpy()
 
     def param_grads(self, inputs: tuple[np.ndarray, ...], dlogits: np.ndarray) -> list[torch.Tensor]:
-        """A sparse (buckets, K) gradient on the rows the batch touched (repeats summed later), and the bias's."""
+        """A sparse (buckets, K) gradient on the rows the batch touched (coalesced), and the bias's."""
         idx, offsets, vals = inputs
-        rows = vals[:, None] * dlogits[_bags(offsets, len(idx))]  # (N, K)
-        table = torch.sparse_coo_tensor(torch.from_numpy(idx)[None, :], torch.from_numpy(rows),
-                                        self.table.weight.shape, check_invariants=False)  # built in range
+        rows, summed = sum_rows(idx, vals[:, None] * dlogits[_bags(offsets, len(idx))])  # (R,), (R, K)
+        table = torch.sparse_coo_tensor(torch.from_numpy(rows)[None, :], torch.from_numpy(summed),
+                                        self.table.weight.shape, is_coalesced=True, check_invariants=False)
         return [torch.from_numpy(dlogits.sum(axis=0)), table]  # parameters() order: bias, then table.weight
+
+
+def sum_rows(idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique rows of ``idx`` and ``values`` summed per row: what coalescing a sparse tensor does."""
+    rows, inverse = np.unique(idx, return_inverse=True)
+    summed = np.zeros((len(rows), *values.shape[1:]), dtype=values.dtype)
+    np.add.at(summed, inverse, values)
+    return rows, summed
 
 
 def _bags(offsets: np.ndarray, n: int) -> np.ndarray:
