@@ -17,8 +17,8 @@ import torch
 
 from streamlearn.learner import OptimConfig
 from streamlearn.model import ModelConfig
-from streamlearn.paramserver import InOrder, PSConfig, PushResult, Shard, split
-from streamlearn.worker import StepResult, WeightUpdate, tune_gc
+from streamlearn.paramserver import InOrder, Layout, PSConfig, PushResult, Shard, split
+from streamlearn.worker import StepResult, Weights, WeightUpdate, tune_gc
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
@@ -36,12 +36,13 @@ class ParamServerActor:
         self._order = InOrder()
 
     async def push(self, worker: int, grads: Any, version: int, norms: Sequence[float],
-                   pull: bool = False, client: str = "", seq: int = 0) -> tuple[PushResult, WeightUpdate | None]:
+                   pull: bool = False, client: str = "", seq: int = 0) -> tuple[PushResult, Weights | None]:
+        """Gradients: sync mode, and a sparse model's rows."""
         await self._order.turn(client, seq)  # pipelined pushes of one worker apply in the order sent
         grads = self._unpack(grads)
         if self.cfg.mode != "sync":
             result = self.shard.apply(grads, [version + i for i in range(len(grads))], norms) if grads else \
-                PushResult(version=self.shard.version)
+                self.shard.stamp(PushResult())
             return result, (self._weights(None) if pull else None)
         self.shard.add_to_round(worker, grads[0] if grads else None, norms[0] if norms else 0.0)
         closed, round_id = self._closed, self._round
@@ -51,7 +52,14 @@ class ParamServerActor:
             self._close_round()
         await closed.wait()
         kept = [True] if grads else []
-        result = PushResult(applied=len(kept), kept=kept, staleness=[0] * len(kept), version=self.shard.version)
+        result = self.shard.stamp(PushResult(applied=len(kept), kept=kept, staleness=[0] * len(kept)))
+        return result, (self._weights(None) if pull else None)
+
+    async def push_update(self, worker: int, update: np.ndarray, count: int, version: int, pull: bool = False,
+                          client: str = "", seq: int = 0) -> tuple[PushResult, Weights | None]:
+        """A dense model's update (async, bounded): one addition, however many steps it carries."""
+        await self._order.turn(client, seq)
+        result = self.shard.add_update(update, count, version)
         return result, (self._weights(None) if pull else None)
 
     def _unpack(self, grads: Any) -> list[list[torch.Tensor]]:
@@ -78,10 +86,13 @@ class ParamServerActor:
         if self._round == round_id and self.shard.round:
             self._close_round()
 
-    async def pull(self, rows: torch.Tensor | None) -> tuple[int, WeightUpdate]:
+    async def pull(self, rows: torch.Tensor | None) -> tuple[int, Weights]:
         return self.shard.version, self._weights(rows)
 
-    def _weights(self, rows: torch.Tensor | None) -> WeightUpdate:
+    def _weights(self, rows: torch.Tensor | None) -> Weights:
+        """A dense model's flat state (weights and accumulators), or a sparse model's rows."""
+        if not self.sparse:
+            return self.shard.flat().read()
         out: WeightUpdate = {}
         for i, p in enumerate(self.shard.params):
             lo, hi = self.shard.ranges[i]
@@ -111,8 +122,9 @@ class ParamServerActor:
 class RayParamClient:
     """Pushes to and pulls from every shard; shard 0's version is the model's."""
 
-    def __init__(self, shards: Sequence[Any]) -> None:
+    def __init__(self, shards: Sequence[Any], layout: Layout) -> None:
         self.shards = list(shards)
+        self.layout = layout
         self.token = uuid.uuid4().hex  # this client's pushes are applied in the order of ``seq``
         self.seq = 0
 
@@ -126,18 +138,29 @@ class RayParamClient:
             per_shard = [_pack([p[s] for p in parts]) for s in range(n)]
         self.seq += 1
         return _Pending([s.push.remote(worker, g, version, norms, pull, self.token, self.seq)
-                         for s, g in zip(self.shards, per_shard, strict=True)], pull)
+                         for s, g in zip(self.shards, per_shard, strict=True)], pull, self)
 
-    def pull(self, rows: torch.Tensor | None) -> tuple[int, WeightUpdate]:
+    def submit_update(self, worker: int, update: np.ndarray, count: int, version: int,
+                      pull: bool = False) -> _Pending:
+        self.seq += 1
+        return _Pending([s.push_update.remote(worker, u, count, version, pull, self.token, self.seq)
+                         for s, u in zip(self.shards, self.layout.split(update), strict=True)], pull, self)
+
+    def pull(self, rows: torch.Tensor | None) -> tuple[int, Weights]:
         results = ray.get([s.pull.remote(rows) for s in self.shards])
-        return results[0][0], self._merge(results)
+        return results[0][0], self.merge([r[1] for r in results])
+
+    def merge(self, parts: Sequence[Weights]) -> Weights:
+        """Join the shards' flat states (dense), or their row ranges and requested rows (sparse)."""
+        if isinstance(parts[0], np.ndarray):
+            return self.layout.merge([p for p in parts if isinstance(p, np.ndarray)])
+        return self._merge_rows([p for p in parts if isinstance(p, dict)])
 
     @staticmethod
-    def _merge(results: Sequence[tuple[int, WeightUpdate]]) -> WeightUpdate:
-        """Join the shards' row ranges (dense) or requested rows (sparse) into one update."""
+    def _merge_rows(results: Sequence[WeightUpdate]) -> WeightUpdate:
         merged: WeightUpdate = {}
-        for i in results[0][1]:
-            parts = [r[1][i] for r in results]
+        for i in results[0]:
+            parts = [r[i] for r in results]
             if isinstance(parts[0], tuple):
                 merged[i] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
             else:
@@ -148,12 +171,12 @@ class RayParamClient:
 class _Pending:
     """The shards' replies to one push, fetched when the worker settles it."""
 
-    def __init__(self, refs: list[Any], pull: bool) -> None:
-        self.refs, self.pull = refs, pull
+    def __init__(self, refs: list[Any], pull: bool, client: RayParamClient) -> None:
+        self.refs, self.pull, self.client = refs, pull, client
 
-    def result(self) -> tuple[PushResult, WeightUpdate | None]:
+    def result(self) -> tuple[PushResult, Weights | None]:
         results = ray.get(self.refs)
-        return results[0][0], (RayParamClient._merge([(0, r[1]) for r in results]) if self.pull else None)
+        return results[0][0], (self.client.merge([r[1] for r in results]) if self.pull else None)
 
 
 def _pack(grads: list[list[torch.Tensor]]) -> Any:
@@ -172,7 +195,7 @@ class WorkerActor:
         tune_gc()
         from streamlearn.job import build_worker
 
-        self.worker = build_worker(cfg, worker, partitions, RayParamClient(shards))
+        self.worker = build_worker(cfg, worker, partitions, RayParamClient(shards, Layout.of(cfg.model, len(shards))))
 
     def ready(self) -> bool:
         return True

@@ -10,7 +10,7 @@ both, in :meth:`Learner.learn`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,55 @@ def _numpy_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]
         total[rows] += grad * grad
         p.detach().numpy()[rows] -= np.float32(lr) * grad / (np.sqrt(total[rows]) + eps)
     return True
+
+
+class FlatState:
+    """A model's weights and its optimizer's accumulators as one (R, P) float32 array, over numpy views.
+
+    Row 0 is every parameter flattened and concatenated (in ``params`` order);
+    Adagrad adds row 1, its summed squared gradients (SGD keeps no state).
+    This is the unit a dense model's replicas and servers exchange: a worker
+    pushes the change its local steps made (an update, not gradients) and pulls
+    the servers' state. Updates are float64: the difference of two float32
+    states is exact there, and adding it to float32 rounds once, so a server
+    that held the state an update started from ends on the worker's state to
+    the bit (one worker stays exactly the single-process loop). Views go stale
+    when the optimizer loads a state dict: build one per use.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> None:
+        self.params = list(params)
+        self.optimizer = optimizer
+        self.rows = [[p.detach().numpy().reshape(-1) for p in self.params]]
+        if isinstance(optimizer, torch.optim.Adagrad):
+            self.rows.append([optimizer.state[p]["sum"].numpy().reshape(-1) for p in self.params])
+
+    def read(self, dtype: type = np.float32) -> np.ndarray:
+        return np.stack([np.concatenate(row, dtype=dtype) for row in self.rows])
+
+    def write(self, flat: np.ndarray) -> None:
+        for _, view, part in self._parts(flat):
+            np.copyto(view, part)
+
+    def add(self, delta: np.ndarray, scale: float = 1.0, steps: int = 0) -> None:
+        """Add ``delta``: its weights row times ``scale``, its accumulator row times ``scale**2`` (what scaling
+        each gradient by ``scale`` does to summed squares); count ``steps`` optimizer steps."""
+        for r, view, part in self._parts(delta):
+            view += part if scale == 1.0 else part * np.float32(scale ** (r + 1))
+        if steps and len(self.rows) > 1:
+            for p in self.params:
+                self.optimizer.state[p]["step"] += steps
+
+    def _parts(self, flat: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(row, view, the slice of ``flat`` that belongs in it)."""
+        width = sum(v.size for v in self.rows[0])
+        if flat.shape != (len(self.rows), width):
+            raise ValueError(f"a flat state of shape {flat.shape} does not fit {len(self.rows)} x {width}")
+        for r, row in enumerate(self.rows):
+            at = 0
+            for view in row:
+                yield r, view, flat[r, at : at + view.size]
+                at += view.size
 
 
 def _dense_rows(g: torch.Tensor) -> tuple[Any, np.ndarray]:
@@ -199,6 +248,13 @@ class Learner:
 
     def apply(self, grads: Sequence[torch.Tensor], scale: float = 1.0) -> None:
         step(self.optimizer, list(self.model.parameters()), grads, scale)
+
+    def flat(self) -> FlatState:
+        return FlatState(self.optimizer, list(self.model.parameters()))
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def learn(self, examples: Sequence[Example]) -> BatchStats:
         grads, stats = self.gradients(self.batch(examples))

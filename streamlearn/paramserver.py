@@ -13,6 +13,14 @@ Modes (``PSConfig.mode``):
 * ``bounded``: like async, but a gradient computed on weights more than
   ``max_staleness`` versions old is dropped (or down-weighted by
   ``1 / (1 + excess)``), and counted.
+
+Outside sync mode a dense model's worker pushes *updates*, not gradients:
+the change its own optimizer steps made to its replica's weights and
+accumulators over a group of micro-batches (:class:`~streamlearn.learner.FlatState`),
+which the server adds (:meth:`Shard.add_update`): one addition per push
+instead of one optimizer step per gradient, and a push of two rows instead of
+one row per gradient (Downpour SGD's accumulated updates). A version counts
+the gradients in the model either way, so staleness means the same.
 * ``sync``: one round = one gradient (or an explicit "nothing") from every
   worker; the server averages the gradients it got and takes one step. A
   round also closes ``sync_timeout_seconds`` after it opened, so a dead or
@@ -26,13 +34,16 @@ import asyncio
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from math import prod
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from streamlearn.divergence import clip_scale
-from streamlearn.learner import OptimConfig, build_optimizer, step
+from streamlearn.learner import FlatState, OptimConfig, build_optimizer, step
 from streamlearn.model import ModelConfig, build_model
 
 PS_MODES = ("sync", "async", "bounded")
@@ -46,7 +57,7 @@ class PSConfig:
     max_staleness: int = 64  # bounded: other workers' updates a gradient may not have seen
     stale_policy: str = "drop"  # bounded: drop | downweight gradients past max_staleness
     sync_timeout_seconds: float = 5.0  # sync: a round closes after this long even if a worker is silent
-    grads_per_push: int = 32  # async/bounded: micro-batch gradients per call, applied locally meanwhile
+    grads_per_push: int = 32  # async/bounded: micro-batches per push (their steps' update, or gradients)
     pull_every: int = 1  # pushes between weight pulls (a worker also pulls when max_staleness behind)
 
     def __post_init__(self) -> None:
@@ -89,6 +100,54 @@ def merge(slices: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
     return [torch.cat(parts, dim=0) for parts in zip(*slices, strict=True)]
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Which columns of a model's flat state (:class:`~streamlearn.learner.FlatState`) each shard holds.
+
+    Parameters are flattened row-major, so shard s's rows ``[lo, hi)`` of a
+    parameter are one run of columns; a shard's own flat state is its runs
+    concatenated in parameter order.
+    """
+
+    shapes: tuple[tuple[int, ...], ...]  # the full model's parameter shapes
+    shards: int
+
+    @classmethod
+    def of(cls, model: ModelConfig, shards: int) -> Layout:
+        return cls(tuple(tuple(p.shape) for p in build_model(model).parameters()), shards)
+
+    @cached_property
+    def runs(self) -> list[list[slice]]:
+        """runs[s][i]: the columns of parameter i that shard s holds."""
+        out: list[list[slice]] = [[] for _ in range(self.shards)]
+        at = 0
+        for shape in self.shapes:
+            cols = prod(shape[1:])
+            for s in range(self.shards):
+                lo, hi = row_range(shape[0], s, self.shards)
+                out[s].append(slice(at + lo * cols, at + hi * cols))
+            at += shape[0] * cols
+        return out
+
+    def split(self, flat: np.ndarray) -> list[np.ndarray]:
+        """(R, P) -> one (R, P_s) array per shard."""
+        if self.shards == 1:
+            return [flat]
+        return [np.concatenate([flat[:, r] for r in runs], axis=1) for runs in self.runs]
+
+    def merge(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        """Inverse of :meth:`split`."""
+        if self.shards == 1:
+            return parts[0]
+        pieces, at = [], [0] * self.shards
+        for i in range(len(self.shapes)):
+            for s, part in enumerate(parts):
+                n = self.runs[s][i].stop - self.runs[s][i].start
+                pieces.append(part[:, at[s] : at[s] + n])
+                at[s] += n
+        return np.concatenate(pieces, axis=1)
+
+
 @dataclass
 class PushResult:
     applied: int = 0  # gradients applied
@@ -97,6 +156,8 @@ class PushResult:
     staleness: list[int] = field(default_factory=list)  # per gradient, versions behind
     kept: list[bool] = field(default_factory=list)  # per gradient, applied (not dropped as stale)
     version: int = 0  # the shard's version after the push
+    lr: float | None = None  # the servers' learning rate (the guard may lower it): workers step with it
+    clip_norm: float | None = None  # the guard's gradient clip while diverging: workers clip with it
 
 
 class Shard:
@@ -106,6 +167,7 @@ class Shard:
         self.index, self.cfg = index, cfg
         full = build_model(model_cfg)
         self.names = [n for n, _ in full.named_parameters()]
+        self.shapes = tuple(tuple(p.shape) for p in full.parameters())
         self.ranges = [row_range(p.shape[0], index, cfg.shards) for _, p in full.named_parameters()]
         self.params = [nn.Parameter(p.detach()[lo:hi].clone()) for (_, p), (lo, hi)
                        in zip(full.named_parameters(), self.ranges, strict=True)]
@@ -140,7 +202,35 @@ class Shard:
             self._step(g, scale * clip_scale(norm, self.clip_norm))
             out.applied += 1
             out.kept.append(True)
+        return self.stamp(out)
+
+    def add_update(self, update: np.ndarray, count: int, version: int) -> PushResult:
+        """Async / bounded: add a worker's update, the change ``count`` of its own optimizer steps made.
+
+        ``version`` is the version its first step started from, counting the
+        worker's own earlier updates (as in :meth:`apply`). A bounded-mode update
+        too stale is dropped or down-weighted whole. The worker clipped each
+        gradient with the clip norm the last reply told it.
+        """
+        stale = self.version - version
+        out = PushResult(staleness=[stale] * count)
+        scale = 1.0
+        if self.cfg.mode == "bounded" and stale > self.cfg.max_staleness:
+            if self.cfg.stale_policy == "drop":
+                out.dropped, out.kept = count, [False] * count
+                return self.stamp(out)
+            scale = 1.0 / (1 + stale - self.cfg.max_staleness)
+            out.downweighted = count
+        self.flat().add(update, scale, steps=count)
+        self.version += count
+        out.applied, out.kept = count, [True] * count
+        return self.stamp(out)
+
+    def stamp(self, out: PushResult) -> PushResult:
+        """Fill in what every reply tells a worker: the version, learning rate and clip norm now."""
         out.version = self.version
+        out.lr = float(self.optimizer.param_groups[0]["lr"])
+        out.clip_norm = self.clip_norm
         return out
 
     def add_to_round(self, worker: int, grads: Sequence[torch.Tensor] | None, norm: float) -> None:
@@ -166,6 +256,9 @@ class Shard:
 
     def weights(self) -> list[torch.Tensor]:
         return [p.detach().clone() for p in self.params]
+
+    def flat(self) -> FlatState:
+        return FlatState(self.optimizer, self.params)
 
     def rows(self, param: int, rows: torch.Tensor) -> torch.Tensor:
         """Global ``rows`` of parameter ``param`` that fall in this shard (caller filters)."""
@@ -255,17 +348,20 @@ class LocalParamClient:
     """In-process shards behind the worker's ParamClient interface (async and bounded modes).
 
     For tests and single-process runs; the Ray client is
-    :class:`streamlearn.actors.RayParamClient`.
+    :class:`streamlearn.actors.RayParamClient`. Replies have the Ray
+    client's shapes: a dense model's flat state, a sparse model's weights.
     """
 
     def __init__(self, shards: Sequence[Shard]) -> None:
         if any(s.cfg.mode == "sync" for s in shards):
             raise ValueError("LocalParamClient: sync rounds need the Ray actor (it waits for every worker)")
         self.shards = list(shards)
+        self.layout = Layout(self.shards[0].shapes, len(self.shards))
+        self.sparse = any(n.startswith("table") for n in self.shards[0].names)
 
     def submit(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
                norms: Sequence[float], pull: bool = False) -> Done:
-        result = PushResult(version=self.shards[0].version)
+        result = self.shards[0].stamp(PushResult())
         if grads:
             parts = [split(g, len(self.shards)) for g in grads]
             results = [s.apply([p[i] for p in parts], [version + j for j in range(len(grads))], norms)
@@ -273,6 +369,14 @@ class LocalParamClient:
             result = results[0]
         return Done((result, self.pull(None)[1] if pull else None))
 
-    def pull(self, rows: torch.Tensor | None) -> tuple[int, dict[int, Any]]:
+    def submit_update(self, worker: int, update: np.ndarray, count: int, version: int,
+                      pull: bool = False) -> Done:
+        results = [s.add_update(u, count, version) for s, u in zip(self.shards, self.layout.split(update),
+                                                                   strict=True)]
+        return Done((results[0], self.pull(None)[1] if pull else None))
+
+    def pull(self, rows: torch.Tensor | None) -> tuple[int, Any]:
+        if not self.sparse:
+            return self.shards[0].version, self.layout.merge([s.flat().read() for s in self.shards])
         full = merge([s.weights() for s in self.shards])
         return self.shards[0].version, dict(enumerate(full))

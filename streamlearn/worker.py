@@ -5,10 +5,15 @@ parameter servers are reached through a :class:`ParamClient`, so the worker
 is testable without Ray or Kafka.
 
 One :meth:`Worker.step` polls one batch of records and trains on every full
-micro-batch it yields. Gradients for up to ``grads_per_push`` micro-batches
-are computed on the same replica weights and sent in one call (never one call
-per event); the replica pulls fresh weights every ``pull_every`` pushes, or
-as soon as it is ``max_staleness`` versions behind.
+micro-batch it yields, in groups of up to ``grads_per_push`` micro-batches:
+one call to the servers per group (never one call per event). In sync mode a
+group is one gradient. Outside it the worker steps its replica's own
+optimizer on each micro-batch and sends what the group's steps changed (a
+dense model: weights and Adagrad accumulators, one update of two rows
+however many micro-batches; a sparse model: each gradient's touched rows).
+The replica pulls fresh weights every ``pull_every`` pushes, or as soon as
+it is ``max_staleness`` versions behind; replies also set its learning rate
+and gradient clip (the divergence guard changes them at the servers).
 
 Outside sync mode a dense model's push does not block: the worker sends group
 i and goes on (polling, decoding, computing group i + 1, across steps) while
@@ -16,8 +21,9 @@ the servers apply group i, then settles the reply of group i when it sends the
 next one. At most one push is in flight; :meth:`Worker.flush` settles it (the
 driver calls it before a checkpoint or a recovery, and a draining step does),
 and a step's result credits only settled pushes. A reply's weights are merged
-as a delta, ``replica += server - replica_at_push``, so the worker keeps its
-own newer local steps and one worker still reproduces the single-process loop.
+as a delta, ``replica += server - replica_at_push`` (accumulators too), so the
+worker keeps its own newer local steps and one worker still reproduces the
+single-process loop.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
+from streamlearn.divergence import clip_scale
 from streamlearn.events import Example
 from streamlearn.ingest import DeadLetter, Ingest
 from streamlearn.learner import BatchStats, Learner
@@ -39,8 +47,10 @@ from streamlearn.source import EventSource, TopicPartition
 
 LOSS_SAMPLE = 64  # per-example losses a step reports for the loss histogram (a sample: cheap)
 
-# param index -> full tensor, or (rows (R,), values (R, ...)) for a sparse pull
+# a sparse model's weights: param index -> full tensor, or (rows (R,), values (R, ...)) for the rows asked
 WeightUpdate = dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
+# what a pull brings: a dense model's flat state (weights and accumulators, learner.FlatState), or the above
+Weights = np.ndarray | WeightUpdate
 
 
 def tune_gc() -> None:
@@ -56,7 +66,7 @@ def tune_gc() -> None:
 
 
 class PendingPush(Protocol):
-    def result(self) -> tuple[PushResult, WeightUpdate | None]:
+    def result(self) -> tuple[PushResult, Weights | None]:
         """Wait for the servers' reply."""
         ...
 
@@ -67,7 +77,12 @@ class ParamClient(Protocol):
         """Send gradients without waiting; with ``pull``, the reply also carries the weights after applying them."""
         ...
 
-    def pull(self, rows: torch.Tensor | None) -> tuple[int, WeightUpdate]: ...
+    def submit_update(self, worker: int, update: np.ndarray, count: int, version: int,
+                      pull: bool = False) -> PendingPush:
+        """Send a dense update (the change of ``count`` local steps) without waiting; ``pull`` as in submit."""
+        ...
+
+    def pull(self, rows: torch.Tensor | None) -> tuple[int, Weights]: ...
 
 
 @dataclass
@@ -102,7 +117,7 @@ class _Push:
 
     pending: PendingPush
     kept: list[list[Example]]  # the micro-batches whose gradients it carries
-    base: list[torch.Tensor] | None  # the replica when it was sent, if the reply brings weights
+    base: np.ndarray | None  # the replica's flat state (float64) when it was sent, if the reply brings one
     sent: int  # Worker.sent once it went out: the servers' reply includes that many own gradients
     started: float
 
@@ -124,6 +139,8 @@ class Worker:
         self._behind = 0  # versions the replica lagged at the last push
         self._pulled_once = False
         self._inflight: _Push | None = None
+        self.updates = not learner.model.sparse and ps_cfg.mode != "sync"  # push updates, not gradients
+        self.clip_norm: float | None = None  # the servers' gradient clip, from their last reply
 
     # -- the loop ------------------------------------------------------------
 
@@ -172,7 +189,7 @@ class Worker:
         return out
 
     def _train(self, batches: list[list[Example]], out: StepResult) -> None:
-        """Compute (and, outside sync mode, apply locally) each batch's gradient; push them in one call.
+        """Compute (and, outside sync mode, apply locally) each batch's gradient; push the group in one call.
 
         Applying locally means the i-th gradient of a group sees the worker's own i - 1
         earlier steps, so one worker reproduces the single-process loop exactly and
@@ -183,6 +200,7 @@ class Worker:
         if self._pull_due():
             self._pull(prepared, out)
         local = self.cfg.mode != "sync"
+        before = self.learner.flat().read(np.float64) if self.updates else None
         grads, norms, kept = [], [], []
         for b, p in zip(batches, prepared, strict=True):
             g, stats = self.learner.gradients(p)
@@ -192,23 +210,30 @@ class Worker:
                 continue
             # no copy needed: the next gradients() allocates new tensors (closed form, or grads set to None)
             if local:
-                self.learner.apply(g)
-            grads.append(g)
+                self.learner.apply(g, clip_scale(stats.grad_norm, self.clip_norm))
+            if before is None:
+                grads.append(g)
             norms.append(stats.grad_norm)
             kept.append(b)
         out.batch_seconds.append(time.perf_counter() - start)
-        if grads:
-            self._push(grads, norms, kept, out, pull=self._pull_due(after_push=True))
+        if kept:
+            payload = grads if before is None else self.learner.flat().read(np.float64) - before
+            self._push(payload, norms, kept, out, pull=self._pull_due(after_push=True))
 
-    def _push(self, grads: list[list[torch.Tensor]] | None, norms: list[float], kept: list[list[Example]],
-              out: StepResult, pull: bool = False) -> None:
-        """Send a group; settle the previous push (pipelined) or this one (sync mode, sparse models)."""
+    def _push(self, payload: list[list[torch.Tensor]] | np.ndarray | None, norms: list[float],
+              kept: list[list[Example]], out: StepResult, pull: bool = False) -> None:
+        """Send a group's gradients or update; settle the previous push (pipelined) or this one (sync mode,
+        sparse models)."""
         t = time.perf_counter()
-        base = [p.detach().clone() for p in self.learner.model.parameters()] if pull else None
+        base = self.learner.flat().read(np.float64) if pull else None
         # the replica already holds our own earlier gradients since the last pull
-        pending = self.ps.submit(self.id, grads, self.version + self.local_since_pull, norms, pull)
+        version = self.version + self.local_since_pull
+        if isinstance(payload, np.ndarray):
+            pending = self.ps.submit_update(self.id, payload, len(kept), version, pull)
+        else:
+            pending = self.ps.submit(self.id, payload, version, norms, pull)
         if self.cfg.mode != "sync":
-            self.sent += len(grads or [])
+            self.sent += len(kept)
         out.push_seconds += time.perf_counter() - t
         out.pushes += 1
         sent = _Push(pending, kept, base, self.sent, t)
@@ -230,6 +255,9 @@ class Worker:
         out.dropped += result.dropped
         out.downweighted += result.downweighted
         self.pushes_since_pull += 1
+        if result.lr is not None and result.lr != self.learner.optimizer.param_groups[0]["lr"]:
+            self.learner.set_lr(result.lr)
+        self.clip_norm = result.clip_norm
         if weights is not None:
             self._load(result.version, weights, out, base=push.base, sent=push.sent)
         elif self.cfg.mode == "sync":
@@ -266,10 +294,35 @@ class Worker:
         """Own gradients in the replica that the last pulled version does not include."""
         return self.sent - self.sent_at_pull
 
-    def _load(self, version: int, update: WeightUpdate, out: StepResult,
-              base: list[torch.Tensor] | None = None, sent: int | None = None) -> None:
+    def _load(self, version: int, update: Weights, out: StepResult,
+              base: np.ndarray | None = None, sent: int | None = None) -> None:
         """Take the servers' weights (which include ``sent`` own gradients, default all); with ``base``
-        (the replica when the push went out) as a delta on top of the own steps taken since."""
+        (the replica's flat state when the push went out) as a delta on top of the own steps taken since."""
+        drift = self._load_flat(update, base) if isinstance(update, np.ndarray) else self._load_rows(update)
+        if self._pulled_once:
+            out.replica_drift = drift**0.5
+        self._pulled_once = True
+        self.version = version
+        self.pushes_since_pull = 0
+        self.sent_at_pull = self.sent if sent is None else sent
+
+    def _load_flat(self, state: np.ndarray, base: np.ndarray | None) -> float:
+        """A dense model: the servers' flat state, copied or (with ``base``) merged as a delta. Returns the
+        squared distance the weights moved."""
+        flat = self.learner.flat()
+        if base is None:
+            moved = state[0] - flat.read()[0]
+            flat.write(state)
+        else:
+            delta = state - base
+            moved = delta[0]
+            flat.add(delta)
+            if self._inflight is not None and self._inflight.base is not None:
+                self._inflight.base += delta  # its base is the replica before this merge
+        return float(np.dot(moved, moved))
+
+    def _load_rows(self, update: WeightUpdate) -> float:
+        """A sparse model: the rows asked for, and its dense parameters whole."""
         params = list(self.learner.model.parameters())
         drift = 0.0
         with torch.no_grad():
@@ -278,21 +331,10 @@ class Worker:
                     r, v = value
                     drift += float(((params[i][r] - v).double() ** 2).sum())
                     params[i][r] = v
-                elif base is not None:
-                    delta = value - base[i]
-                    drift += float((delta.double() ** 2).sum())
-                    params[i].add_(delta)
-                    if self._inflight is not None and self._inflight.base is not None:
-                        self._inflight.base[i].add_(delta)  # its base is the replica before this merge
                 else:
                     drift += float(((params[i] - value).double() ** 2).sum())
                     params[i].copy_(value)
-        if self._pulled_once:
-            out.replica_drift = drift**0.5
-        self._pulled_once = True
-        self.version = version
-        self.pushes_since_pull = 0
-        self.sent_at_pull = self.sent if sent is None else sent
+        return drift
 
     # -- checkpoints ----------------------------------------------------------
 

@@ -1,19 +1,22 @@
 """The worker's pipelined pushes, in process (two workers sharing in-process parameter servers)."""
 
+import numpy as np
 import pytest
-import torch
 
 from streamlearn.config import JobConfig
 from streamlearn.job import build_worker
-from streamlearn.paramserver import LocalParamClient, PSConfig, Shard
+from streamlearn.learner import Learner, OptimConfig
+from streamlearn.model import ModelConfig
+from streamlearn.objective import Objective
+from streamlearn.paramserver import Layout, LocalParamClient, PSConfig, Shard
 from streamlearn.simulate import SimConfig
 
 
 @pytest.mark.parametrize("shards", [1, 2])
 def test_replicas_track_the_servers_across_pipelined_pushes(shards: int) -> None:
-    """Once flushed, the replica holds exactly the servers' weights.
+    """Once flushed, the replica holds exactly the servers' weights and Adagrad accumulators.
 
-    Each step sends several groups, each reply merged as a delta while the next
+    Each step sends several updates, each reply merged as a delta while the next
     push is in flight (and the last one stays in flight into the next step): a
     delta counted twice (or lost) leaves the replica off the servers by the
     other worker's updates.
@@ -29,8 +32,9 @@ def test_replicas_track_the_servers_across_pipelined_pushes(shards: int) -> None
             multi_push_steps += r.pushes >= 2
             assert w.flush().applied or r.pushes == 0  # the step's last push was still in flight
             _, server = client.pull(None)
-            for p, s in zip(w.learner.model.parameters(), server.values(), strict=True):
-                torch.testing.assert_close(p.detach(), s, rtol=0, atol=1e-6)
+            replica = w.learner.flat().read()
+            assert replica.shape == server.shape == (2, 65 * 10)  # weights and Adagrad sums of a 64 x 10 model
+            np.testing.assert_allclose(replica, server, rtol=0, atol=1e-6)
             assert w.local_since_pull == 0 and w.version == client.shards[0].version
     assert multi_push_steps >= 12  # the pipelined path (a reply merged with a push in flight) ran
     applied = sum(sum(w.applied.values()) for w in workers)
@@ -59,3 +63,78 @@ def test_in_order_runs_each_clients_pushes_in_the_order_sent() -> None:
     asyncio.run(main())
     assert [s for c, s in ran if c == "a"] == [1, 2, 3, 4]
     assert ran.index(("b", 1)) < ran.index(("a", 2))
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3])
+def test_layout_splits_a_flat_state_into_each_shards_own(shards: int) -> None:
+    """Layout.split gives shard s exactly the flat state its Shard holds; merge undoes split."""
+
+    model = ModelConfig(n_features=7, n_classes=5)  # 5 rows: uneven across 2 and 3 shards
+    learner = Learner(model, Objective(), OptimConfig())
+    full = learner.flat().read()
+    full[1] = np.arange(full.shape[1])  # accumulators that tell columns apart
+    layout = Layout.of(model, shards)
+    parts = layout.split(full)
+    servers = [Shard(s, PSConfig(shards=shards), model, OptimConfig()) for s in range(shards)]
+    for s, (part, server) in enumerate(zip(parts, servers, strict=True)):
+        np.testing.assert_array_equal(part[0], server.flat().read()[0])
+        assert part.shape[1] == sum(p.numel() for p in server.params), s
+    np.testing.assert_array_equal(layout.merge(parts), full)
+
+
+def test_flat_state_add_scales_weights_and_squared_accumulators() -> None:
+    shard = Shard(0, PSConfig(), ModelConfig(n_features=3, n_classes=2), OptimConfig())
+    flat = shard.flat()
+    before = flat.read()
+    delta = np.ones_like(before)
+    flat.add(delta, scale=0.5, steps=3)
+    after = shard.flat().read()
+    np.testing.assert_allclose(after[0] - before[0], 0.5)
+    np.testing.assert_allclose(after[1] - before[1], 0.25)
+    assert all(float(shard.optimizer.state[p]["step"]) == 3 for p in shard.params)
+    with pytest.raises(ValueError, match="does not fit"):
+        flat.write(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("policy", ["drop", "downweight"])
+def test_bounded_server_drops_or_downweights_a_stale_update_whole(policy: str) -> None:
+    shard = Shard(0, PSConfig(mode="bounded", max_staleness=4, stale_policy=policy),
+                  ModelConfig(n_features=3, n_classes=2), OptimConfig())
+    update = np.ones_like(shard.flat().read())
+    fresh = shard.add_update(update, count=10, version=0)
+    assert fresh.kept == [True] * 10 and fresh.version == 10 and fresh.staleness == [0] * 10
+    before = shard.flat().read()
+    stale = shard.add_update(update, count=2, version=3)  # 7 versions behind, 3 past the bound
+    if policy == "drop":
+        assert stale.dropped == 2 and stale.kept == [False, False] and stale.version == 10
+        np.testing.assert_array_equal(shard.flat().read(), before)
+    else:
+        assert stale.downweighted == 2 and stale.kept == [True, True] and stale.version == 12
+        np.testing.assert_allclose(shard.flat().read()[0] - before[0], 0.25)  # 1 / (1 + 3)
+    assert stale.staleness == [7, 7]
+
+
+def test_worker_steps_with_the_servers_learning_rate_and_clip() -> None:
+    """The guard lowers the lr or sets a clip at the servers; a worker's local steps follow from the next reply."""
+    cfg = JobConfig(workers=1, partitions=1, max_records=400, sim=SimConfig(events=4000),
+                    ps=PSConfig(mode="async", grads_per_push=4))
+    shard = Shard(0, cfg.ps, cfg.model, cfg.optim)
+    client = LocalParamClient([shard])
+    worker = build_worker(cfg, 0, [0], client)
+    worker.step()
+    worker.flush()
+    assert worker.clip_norm is None and worker.learner.optimizer.param_groups[0]["lr"] == cfg.optim.lr
+    shard.scale_lr(0.5)
+    shard.clip_norm = 1e-6
+    worker.step()  # its first push's reply carries them
+    worker.flush()
+    assert worker.learner.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.optim.lr * 0.5)
+    assert worker.clip_norm == 1e-6
+    before = shard.flat().read()
+    r = worker.step()
+    worker.flush()
+    assert r.stats.examples >= 40
+    # a clipped gradient adds at most its squared norm (1e-12) to Adagrad's sums; unclipped, this step adds ~0.1
+    # (the weights can still move by up to lr where a sum was 0: Adagrad's first step ignores the gradient's scale)
+    grown = (shard.flat().read()[1] - before[1]).max()
+    assert grown < r.stats.examples * 1e-12, grown
