@@ -138,3 +138,26 @@ def test_worker_steps_with_the_servers_learning_rate_and_clip() -> None:
     # (the weights can still move by up to lr where a sum was 0: Adagrad's first step ignores the gradient's scale)
     grown = (shard.flat().read()[1] - before[1]).max()
     assert grown < r.stats.examples * 1e-12, grown
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_an_update_and_its_reply_survive_the_wire(clip: float | None) -> None:
+    """An update push travels as one bytes object each way (actors.pack_update / pack_reply)."""
+    from streamlearn.actors import UpdateHead, pack_reply, pack_update, unpack_reply, unpack_update
+    from streamlearn.paramserver import PushResult
+
+    rng = np.random.default_rng(0)
+    update = rng.normal(size=(2, 13))
+    head = UpdateHead(b"\x01" * 16, seq=7, worker=3, version=2**40, steps=32, pull=True)
+    got_head, got = unpack_update(pack_update(head, update), width=13)
+    assert got_head == head
+    np.testing.assert_array_equal(got, update)  # float64: bit for bit
+    state = rng.normal(size=(2, 13)).astype(np.float32)
+    sent = PushResult(applied=0, dropped=32, staleness=[9] * 32, kept=[False] * 32, version=123, lr=0.15,
+                      clip_norm=clip)
+    result, got_state = unpack_reply(pack_reply(sent, state), count=32, rows=2)
+    assert result == sent
+    np.testing.assert_array_equal(got_state, state)
+    result, got_state = unpack_reply(pack_reply(PushResult(applied=4, kept=[True] * 4, staleness=[0] * 4), None),
+                                     count=4, rows=2)
+    assert got_state is None and result.kept == [True] * 4 and result.lr is None and result.clip_norm is None
