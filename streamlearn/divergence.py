@@ -116,15 +116,19 @@ class DivergenceDetector:
         return fired
 
     def _norm_at(self, n: float) -> float:
-        """The weight norm at ``n`` updates, interpolated between the recorded samples (0 if before them)."""
-        i = bisect.bisect_right(self.norms, (n, math.inf))
-        if i == 0:
+        """The weight norm of the first sample at or after ``n`` updates (0 if none was taken before ``n``).
+
+        Not an interpolation: a healthy norm grows fast early and then flattens,
+        so a straight line between two samples far apart (a job samples every
+        half second, thousands of updates) underestimates the norm between them
+        and reads healthy growth as runaway. The first sample at or after ``n``
+        can only understate the growth since ``n``; a runaway norm keeps growing
+        and trips the next observations anyway.
+        """
+        if not self.norms or self.norms[0][0] > n:
             return 0.0
-        (n0, v0) = self.norms[i - 1]
-        if i == len(self.norms) or n0 == n:
-            return v0
-        n1, v1 = self.norms[i]
-        return v0 + (v1 - v0) * (n - n0) / (n1 - n0)
+        i = bisect.bisect_left(self.norms, (n, -math.inf))
+        return self.norms[min(i, len(self.norms) - 1)][1]
 
     def reset_history(self) -> None:
         """Forget the loss level and norm history (after a rollback restored old weights)."""

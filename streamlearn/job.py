@@ -311,13 +311,12 @@ class Job:
         """Feed the detector what happened since the last look; act on a divergence."""
         t = self.totals
         new_updates = t.updates - self._seen_updates
-        self._seen_updates = t.updates
-        if new_updates <= 0:
-            return
         losses = (t.stats.loss_positive + t.stats.loss_negative, t.stats.examples)
-        prev, self._seen_loss = self._seen_loss, losses
-        n = losses[1] - prev[1]
-        loss = (losses[0] - prev[0]) / n if n else math.nan
+        n = losses[1] - self._seen_loss[1]
+        if new_updates <= 0 or n <= 0:  # pushes settle a step after their examples' losses: wait for both
+            return
+        loss = (losses[0] - self._seen_loss[0]) / n
+        self._seen_updates, self._seen_loss = t.updates, losses
         fired = self.detector.observe(loss, norm, applied=True, updates=new_updates)
         for kind in fired:
             self.metrics.divergence.labels(kind).inc()

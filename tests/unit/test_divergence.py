@@ -20,6 +20,19 @@ def test_detector_kinds() -> None:
     assert d.diverging
 
 
+def test_norm_growth_is_judged_on_samples_not_a_line_between_distant_ones() -> None:
+    """A job samples the norm every half second: thousands of updates apart, while a healthy norm grows fast
+    and then flattens. A straight line between samples at 150 and 6,000 updates puts 12.3 at 3,000 and reads
+    20 as 1.6x growth; the samples say the norm grew 4x over the first 150 updates, then not at all."""
+    d = DivergenceDetector(DivergenceConfig(warmup_updates=100))
+    assert d.observe(1.0, 5.0, updates=150) == []
+    assert d.observe(1.0, 20.0, updates=5850) == []
+    assert d.observe(1.0, 21.0, updates=6000) == []
+    runaway = DivergenceDetector(DivergenceConfig(warmup_updates=100))
+    fired = [runaway.observe(1.0, 5.0 * 2**i, updates=150) for i in range(6)]
+    assert ["norm_growth"] in fired  # doubling every 150 updates still trips it
+
+
 def test_negated_trips_the_detector_quickly_and_rollback_keeps_weights_finite() -> None:
     cfg = EvalConfig(sim=SimConfig(events=6000), objective=Objective("negated"),
                      divergence=DivergenceConfig(guard="rollback"))
