@@ -15,7 +15,8 @@ on one local Ray (``num_cpus`` 2) started once, and prints one JSON line:
   processes, sampled every 0.2 s; ``peak_rss_ray_mb`` adds Ray's own processes.
 * ``push_fraction``: the job summary's share of the workers' step time spent
   in push calls (sending, and waiting for replies not yet there);
-  ``push_to_compute``: the same push seconds / the gradient compute seconds.
+  ``push_wait_fraction``: the waiting part alone (in sync mode, for the round
+  to close); ``push_to_compute``: push seconds / the gradient compute seconds.
 * ``heldout_accuracy``: the final weights (``job.weights``) scored on
   ``Dataset(DataConfig()).heldout()`` with ``streamlearn.evaluate.heldout_scores``.
 
@@ -92,7 +93,8 @@ def measure(row: Row, topics: harness.Topics, data: DataConfig) -> dict[str, Any
         "window_events": run.events, "window_seconds": round(run.seconds, 2),
         "job_summary_events_per_second": s["events_per_second"], "wall_seconds": round(run.wall_seconds, 1),
         "peak_rss_mb": harness.mb(run.peak_rss_job), "peak_rss_ray_mb": harness.mb(run.peak_rss_ray),
-        "push_fraction": s["push_fraction"], "push_to_compute": s["push_to_compute"],
+        "push_fraction": s["push_fraction"], "push_wait_fraction": s["push_wait_fraction"],
+        "push_to_compute": s["push_to_compute"],
         "heldout_accuracy": harness.heldout_accuracy(cfg.model, run.weights, data),
         "progressive_accuracy": s["progressive_accuracy"], "updates": s["updates"],
         "stale_dropped": s["stale_dropped"], "complete": s["events_consumed"] == topics.records,
@@ -101,17 +103,17 @@ def measure(row: Row, topics: harness.Topics, data: DataConfig) -> dict[str, Any
 
 
 def render(lines: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str, Any]) -> str:
-    head = ("| row | events/s (median) | all runs | push_fraction | push / compute | peak RSS driver+actors (MB) | "
-            "+ Ray processes (MB) | held-out acc | updates | stale dropped |")
+    head = ("| row | events/s (median) | all runs | push_fraction | of which waiting | push / compute | "
+            "peak RSS driver+actors (MB) | + Ray processes (MB) | held-out acc | updates | stale dropped |")
     out = [f"Ray throughput, {meta['date']}, {meta['machine']}; {meta['events']} events (JSON, digits, "
            f"random policy), {meta['partitions']} partitions; `{meta['command']}`", "", head,
-           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in lines:
         flag = "" if r["complete"] else " (incomplete)"
         runs = ", ".join(f"{x:,}" for x in r["all_events_per_second"])
         out.append(f"| {r['row']}{flag} | {r['events_per_second']:,} | {runs} | {r['push_fraction']} | "
-                   f"{r['push_to_compute']} | {r['peak_rss_mb']:,.0f} | {r['peak_rss_ray_mb']:,.0f} | "
-                   f"{r['heldout_accuracy']:.3f} | "
+                   f"{r['push_wait_fraction']} | {r['push_to_compute']} | {r['peak_rss_mb']:,.0f} | "
+                   f"{r['peak_rss_ray_mb']:,.0f} | {r['heldout_accuracy']:.3f} | "
                    f"{r['updates']:,} | {r['stale_dropped']:,} |")
     out += ["", "Summary: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "bench")]
     return "\n".join(out) + "\n"

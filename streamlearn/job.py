@@ -97,6 +97,7 @@ class Totals:
     dropped_examples: int = 0
     pushes: int = 0
     push_seconds: float = 0.0
+    push_wait_seconds: float = 0.0
     compute_seconds: float = 0.0
     step_seconds: float = 0.0
 
@@ -112,6 +113,7 @@ class Totals:
         self.dropped_examples += r.dropped_examples
         self.pushes += r.pushes
         self.push_seconds += r.push_seconds
+        self.push_wait_seconds += r.push_wait_seconds
         self.compute_seconds += sum(r.batch_seconds)
         self.step_seconds += r.step_seconds
 
@@ -487,6 +489,8 @@ class Job:
             # share of the workers' step time spent in push calls (Ray overhead and waiting for replies)
             "push_fraction": round(t.push_seconds / t.step_seconds, 4) if t.step_seconds else None,
             "push_to_compute": round(t.push_seconds / t.compute_seconds, 4) if t.compute_seconds else None,
+            # the part of push_fraction spent waiting for replies (sync: for the round to close), not calling
+            "push_wait_fraction": round(t.push_wait_seconds / t.step_seconds, 4) if t.step_seconds else None,
         }
         self.weights = self.final_weights()  # kept for callers after the actors are gone
         if cfg.source == "embedded":

@@ -105,6 +105,7 @@ class StepResult:
     replica_drift: float | None = None
     batch_seconds: list[float] = field(default_factory=list)  # compute per group (gradients, local steps)
     push_seconds: float = 0.0  # in push calls: sending, and waiting for replies not yet there
+    push_wait_seconds: float = 0.0  # the waiting (and reading) part: replies fetched when settling
     step_seconds: float = 0.0  # the whole step: poll, decode, join, compute, push
     pending: int = 0
     exhausted: bool = False
@@ -249,7 +250,9 @@ class Worker:
             self._inflight = None
         t = time.perf_counter()
         result, weights = push.pending.result()
-        out.push_seconds += time.perf_counter() - t
+        waited = time.perf_counter() - t
+        out.push_seconds += waited
+        out.push_wait_seconds += waited
         out.staleness.extend(result.staleness)
         self._behind = max(result.staleness, default=0)
         out.dropped += result.dropped

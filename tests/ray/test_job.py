@@ -53,6 +53,7 @@ def test_two_workers_match_single_process_accuracy(ray_cluster, mode: str) -> No
         assert summary["stale_dropped_examples"] == 0
         assert summary["model_examples_by_partition"] == {str(p): n for p, n in sorted(per_partition.items())}
     assert summary["workers"] == 2 and summary["ps_mode"] == mode
+    assert 0 < summary["push_wait_fraction"] <= summary["push_fraction"] < 1
 
 
 def test_sharded_servers_split_rows_and_match_one_shard(ray_cluster) -> None:
