@@ -16,7 +16,7 @@ End-to-end rows (the issue "Kafka ingestion"):
   process, no Ray: the single-process learning ceiling. Its ``stages`` field
   gives microseconds per event for poll, decode, join, featurize, gradient
   and optimizer step (each timed around its own call).
-* ``job_1w`` / ``job_2w`` -- what ``streamlearn run`` does: a
+* ``job_1w`` / ``job_2w`` (and ``job_2w_b32``, micro-batch 32) -- what ``streamlearn run`` does: a
   :class:`streamlearn.job.Job` (Kafka source, async parameter server,
   defaults otherwise) on a local Ray started once. Throughput excludes Ray
   and actor start: the window runs from every actor being constructed (torch
@@ -224,9 +224,10 @@ def row_learn_in_process(b: Bench) -> Measured:
     return Measured(b.events, n, seconds, {"stages_us_per_event": stages})
 
 
-def _job(b: Bench, workers: int) -> Measured:
+def _job(b: Bench, workers: int, batch_size: int | None = None) -> Measured:
+    over = {} if batch_size is None else {"optim": {"batch_size": batch_size}}
     cfg = harness.job_config(_topics(b), workers=workers, classes=b.schema.n_classes,
-                             n_features=b.schema.n_features)
+                             n_features=b.schema.n_features, **over)
     run = harness.run_job(cfg, _topics(b))
     s = run.summary
     complete = s["events_consumed"] == b.records
@@ -234,6 +235,8 @@ def _job(b: Bench, workers: int) -> Measured:
         "job_summary_events_per_second": s["events_per_second"],
         "wall_seconds_incl_ray_actor_start": round(run.wall_seconds, 2), "push_fraction": s["push_fraction"],
         "peak_rss_mb": harness.mb(run.peak_rss_job), "peak_rss_ray_mb": harness.mb(run.peak_rss_ray),
+        "micro_batch": cfg.optim.batch_size,
+        "heldout_accuracy": harness.heldout_accuracy(cfg.model, run.weights, DataConfig()),
         "complete": complete, "stop_reason": s["stop_reason"]})
 
 
@@ -253,8 +256,15 @@ def row_job_2w(b: Bench) -> Measured:
     return _job(b, 2)
 
 
+def row_job_2w_b32(b: Bench) -> Measured:
+    """streamlearn run with 2 workers and ``--batch-size 32``: the throughput setting (8x fewer optimizer steps
+    per event than the default 4, at some sample efficiency: see the README)."""
+    return _job(b, 2, batch_size=32)
+
+
 ROWS: list[Callable[[Bench], Measured]] = [row_raw, row_raw_defaults, row_source, row_source_ingest,
-                                           row_ingest_in_memory, row_learn_in_process, row_job_1w, row_job_2w]
+                                           row_ingest_in_memory, row_learn_in_process, row_job_1w, row_job_2w,
+                                           row_job_2w_b32]
 
 
 def profile_job(b: Bench, seconds: float) -> dict[str, Any]:
@@ -279,8 +289,8 @@ def _emit(line: dict[str, Any]) -> None:
 def render(lines: list[dict[str, Any]], command: str) -> str:
     """The rows as a Markdown table, then the stage split and the py-spy profile."""
     out = [f"Kafka ingestion, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores; `{command}`", "",
-           "| codec | row | events/s | x raw | runs (events/s) | push_fraction | peak RSS MB |",
-           "|---|---|---:|---:|---|---:|---:|"]
+           "| codec | row | events/s | x raw | runs (events/s) | push_fraction | peak RSS MB | held-out acc |",
+           "|---|---|---:|---:|---|---:|---:|---:|"]
     for r in lines:
         if "events_per_second" not in r or "profile" in str(r["row"]):
             continue
@@ -288,7 +298,7 @@ def render(lines: list[dict[str, Any]], command: str) -> str:
         ratio = r.get("ratio_to_raw")
         out.append(f"| {r['codec']} | {r['row']} | {r['events_per_second']:,} | "
                    f"{'' if ratio is None else ratio} | {runs} | {r.get('push_fraction', '')} | "
-                   f"{r.get('peak_rss_mb', '')} |")
+                   f"{r.get('peak_rss_mb', '')} | {r.get('heldout_accuracy', '')} |")
     for r in lines:
         if "stages_us_per_event" in r:
             st = r["stages_us_per_event"]
