@@ -29,6 +29,7 @@ single-process loop.
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -44,6 +45,8 @@ from streamlearn.ingest import DeadLetter, Ingest
 from streamlearn.learner import BatchStats, Learner
 from streamlearn.paramserver import PSConfig, PushResult
 from streamlearn.source import EventSource, TopicPartition
+
+log = logging.getLogger(__name__)
 
 LOSS_SAMPLE = 64  # per-example losses a step reports for the loss histogram (a sample: cheap)
 
@@ -220,6 +223,17 @@ class Worker:
         if kept:
             payload = grads if before is None else self.learner.flat().read(np.float64) - before
             self._push(payload, norms, kept, out, pull=self._pull_due(after_push=True))
+        elif out.stats.skipped and not self.learner.model.sparse \
+                and not np.isfinite(self.learner.flat().read()).all():
+            self._resync(out)
+
+    def _resync(self, out: StepResult) -> None:
+        """The replica holds non-finite numbers, so every batch fails and nothing is pushed (nor pulled):
+        settle what is in flight, then take the servers' state whole with the next group."""
+        log.warning("worker %d: replica not finite, pulling the servers' state", self.id)
+        if self._inflight is not None:
+            self._settle(self._inflight, out)
+        self._pulled_once = False
 
     def _push(self, payload: list[list[torch.Tensor]] | np.ndarray | None, norms: list[float],
               kept: list[list[Example]], out: StepResult, pull: bool = False) -> None:
@@ -311,17 +325,21 @@ class Worker:
 
     def _load_flat(self, state: np.ndarray, base: np.ndarray | None) -> float:
         """A dense model: the servers' flat state, copied or (with ``base``) merged as a delta. Returns the
-        squared distance the weights moved."""
+        squared distance the weights moved.
+
+        The push in flight, if any, had its base taken before this merge: it moves by exactly what the
+        replica moved (after float32 rounding), so replica - base stays the worker's own steps since, and
+        the accumulators, sums of squares, stay >= 0 (a base off by a rounding error once left one at
+        -6e-15, and the next Adagrad step took its square root).
+        """
         flat = self.learner.flat()
-        if base is None:
-            moved = state[0] - flat.read()[0]
-            flat.write(state)
-        else:
-            delta = state - base
-            moved = delta[0]
-            flat.add(delta)
-            if self._inflight is not None and self._inflight.base is not None:
-                self._inflight.base += delta  # its base is the replica before this merge
+        current = flat.read(np.float64)
+        merged = state.astype(np.float32) if base is None else (current + (state - base)).astype(np.float32)
+        np.maximum(merged[1:], 0, out=merged[1:])  # accumulators: a rounding error must not go negative
+        flat.write(merged)
+        moved = merged[0] - current[0]
+        if base is not None and self._inflight is not None and self._inflight.base is not None:
+            self._inflight.base += merged - current
         return float(np.dot(moved, moved))
 
     def _load_rows(self, update: WeightUpdate) -> float:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from streamlearn.config import JobConfig
 from streamlearn.job import build_worker
@@ -161,3 +162,20 @@ def test_an_update_and_its_reply_survive_the_wire(clip: float | None) -> None:
     result, got_state = unpack_reply(pack_reply(PushResult(applied=4, kept=[True] * 4, staleness=[0] * 4), None),
                                      count=4, rows=2)
     assert got_state is None and result.kept == [True] * 4 and result.lr is None and result.clip_norm is None
+
+
+def test_a_worker_whose_replica_went_non_finite_takes_the_servers_state() -> None:
+    """Every batch of a NaN replica fails, so it pushes (and pulls) nothing: it must resync on its own."""
+    cfg = JobConfig(workers=1, partitions=1, max_records=400, sim=SimConfig(events=4000),
+                    ps=PSConfig(mode="async", grads_per_push=4))
+    client = LocalParamClient([Shard(0, cfg.ps, cfg.model, cfg.optim)])
+    worker = build_worker(cfg, 0, [0], client)
+    worker.step()
+    with torch.no_grad():
+        next(worker.learner.model.parameters())[0, 0] = float("nan")
+    r = worker.step()
+    assert r.stats.skipped == cfg.ps.grads_per_push  # one group fails whole, then the next pulls and learns
+    assert r.pushes > 0 and r.stats.examples > r.stats.skipped * cfg.optim.batch_size
+    worker.flush()
+    assert np.isfinite(client.pull(None)[1]).all()
+    np.testing.assert_array_equal(worker.learner.flat().read(), client.pull(None)[1])
