@@ -37,7 +37,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import harness
@@ -165,10 +165,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="base: 1/2 workers x sync/async/bounded x 1/2 shards; tuning: grads-per-push and "
                         "batch size; min: the six rows the issue asks for; all: base + tuning")
     p.add_argument("--repeat", type=int, default=1, help="runs per row; the median-rate run is reported")
+    p.add_argument("--grads-per-push", type=int, help="for every row that does not set its own")
     args = p.parse_args(argv)
     try:
         with harness.broker(args.bootstrap_servers) as bootstrap:
-            run(bootstrap, args, GROUPS[args.rows])
+            rows = GROUPS[args.rows]
+            if args.grads_per_push:
+                rows = [r if r.grads_per_push else replace(r, grads_per_push=args.grads_per_push) for r in rows]
+            run(bootstrap, args, rows)
     finally:
         import ray
 
