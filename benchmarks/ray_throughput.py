@@ -6,7 +6,7 @@ produced ONCE, as JSON, to uuid-named topics; every row runs a
 on one local Ray (``num_cpus`` 2) started once, and prints one JSON line:
 
     {"bench": "ray_throughput", "row": "2w async x1", "workers": 2, "ps_mode": "async", "ps_shards": 1,
-     "grads_per_push": 32, "batch_size": 4, "events_per_second": ..., "peak_rss_mb": ...,
+     "grads_per_push": 64, "batch_size": 4, "events_per_second": ..., "peak_rss_mb": ...,
      "push_fraction": ..., "heldout_accuracy": ..., ...}
 
 * ``events_per_second``: steady state, Ray and actor start excluded (see
@@ -50,7 +50,7 @@ class Row:
     workers: int
     mode: str = "async"
     shards: int = 1
-    grads_per_push: int | None = None  # None: the default (32)
+    grads_per_push: int | None = None  # None: the default (64)
     batch_size: int | None = None  # None: the default (4)
     group: str = "base"
 

@@ -54,10 +54,13 @@ STALE_POLICIES = ("drop", "downweight")
 class PSConfig:
     mode: str = "async"  # sync | async | bounded
     shards: int = 1  # parameter-server actors, each holding a row range of every parameter
-    max_staleness: int = 64  # bounded: other workers' updates a gradient may not have seen
+    # bounded: other workers' gradients a gradient may not have seen (two of their pushes at the default)
+    max_staleness: int = 128
     stale_policy: str = "drop"  # bounded: drop | downweight gradients past max_staleness
     sync_timeout_seconds: float = 5.0  # sync: a round closes after this long even if a worker is silent
-    grads_per_push: int = 32  # async/bounded: micro-batches per push (their steps' update, or gradients)
+    # async/bounded: micro-batches per push (their steps' update, or their gradients); 64 keeps a push's Ray
+    # call and reply at ~2-3% of the group's work (benchmarks/ray_throughput.py)
+    grads_per_push: int = 64
     pull_every: int = 1  # pushes between weight pulls (a worker also pulls when max_staleness behind)
 
     def __post_init__(self) -> None:
