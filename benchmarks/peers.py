@@ -15,8 +15,8 @@ Contenders (the same kafka-python client and consumer settings for all):
   (what ``streamlearn run`` runs: Ray actors, async parameter server) on one
   local Ray started once. events/s is the steady state, Ray and actor start
   excluded (benchmarks/harness.py); memory = driver + actor processes.
-  ``streamlearn 2w b32`` is the same with ``--batch-size 32`` (the throughput
-  setting; the default micro-batch 4 learns more per event).
+  ``streamlearn 2w b32`` is the same with ``--batch-size 32 --grads-per-push 8``
+  (the throughput setting; the default micro-batch 4 learns more per event).
 * ``river`` -- River's ``linear_model.SoftmaxRegression`` (defaults) in a
   kafka-python loop doing its own ``json.loads`` and join by id;
   ``learn_one`` on positives only: River has no way to learn "not label l",
@@ -238,7 +238,9 @@ def run_peer(kind: str, topics: harness.Topics, d: Data, max_seconds: float) -> 
 
 def run_streamlearn(workers: int, topics: harness.Topics, d: Data, max_seconds: float,
                     profile: float = 0.0, batch_size: int | None = None) -> dict[str, Any]:
-    over = {} if batch_size is None else {"optim": {"batch_size": batch_size}}
+    # a bigger micro-batch keeps a push at the default 256 examples (64 x 4): replicas merge as often
+    over = {} if batch_size is None else {"optim": {"batch_size": batch_size},
+                                          "ps": {"grads_per_push": max(1, 256 // batch_size)}}
     cfg = harness.job_config(topics, workers=workers, classes=d.data.n_classes, n_features=d.data.n_features,
                              model=dict(d.model), stop={"max_seconds": max_seconds}, **over)
     run = harness.run_job(cfg, topics, profile=profile)
