@@ -17,9 +17,10 @@ from collections.abc import Iterator
 
 import pytest
 from kafka.admin import KafkaAdminClient
-from kafka_helpers import LOCAL_SH, Broker, TopicFactory, free_port
+from kafka_helpers import LOCAL_SH, Broker, TopicFactory
 
 from streamlearn.kafka_source import KafkaSettings, create_topics
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +35,6 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     env = dict(os.environ)
     env["STREAMLEARN_KAFKA_DATA"] = str(tmp_path_factory.mktemp("kafka") / "data")
     cport = free_port()
-    while cport == port:
-        cport = free_port()
     env["STREAMLEARN_KAFKA_CONTROLLER_PORT"] = str(cport)
     broker = Broker(f"127.0.0.1:{port}", managed=True, env=env, port=port)
     try:

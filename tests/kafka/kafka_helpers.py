@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -73,12 +72,6 @@ def run_cli(settings: KafkaSettings, *args: str, timeout: float = 300) -> subpro
            "--predictions-topic", settings.predictions_topic, "--feedback-topic", settings.feedback_topic,
            "--dlq-topic", settings.dlq_topic]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_SH = ROOT / "deploy" / "kafka" / "local.sh"

@@ -117,9 +117,8 @@ def test_broker_restart_mid_stream_loses_nothing(kafka_broker: Broker, kafka_top
 
 
 def test_unreachable_broker_is_retried_not_raised(caplog: pytest.LogCaptureFixture) -> None:
-    from kafka_helpers import free_port
-
     from streamlearn.kafka_source import KafkaSettings
+    from tests.ports import free_port
 
     settings = KafkaSettings(f"127.0.0.1:{free_port()}", connect_timeout_ms=500)
     caplog.set_level(logging.WARNING, logger="streamlearn.kafka_source")

@@ -30,7 +30,8 @@ import pytest
 
 from streamlearn.metrics import METRIC_NAMES
 from tests.deploy.helpers import DASHBOARD, dashboard_targets
-from tests.prometheus.promserver import JOB, Prometheus, PromQLError, free_port
+from tests.ports import free_port
+from tests.prometheus.promserver import JOB, Prometheus, PromQLError
 
 pytestmark = pytest.mark.prometheus
 
