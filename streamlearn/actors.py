@@ -11,6 +11,7 @@ import math
 import struct
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -67,7 +68,10 @@ class ParamServerActor:
         return pack_reply(result, self.shard.flat().read() if head.pull else None)
 
     def _unpack(self, grads: Any) -> list[list[torch.Tensor]]:
-        """Dense gradients travel as one (k, P) array: rows are gradients, flattened over the shard's params."""
+        """Dense gradients travel as one (k, P) array: rows are gradients, flattened over the shard's params;
+        sparse ones as :class:`SparseGrads`."""
+        if isinstance(grads, SparseGrads):
+            return grads.unpack()
         if not isinstance(grads, np.ndarray):
             return list(grads or [])
         out = []
@@ -239,8 +243,53 @@ def unpack_reply(message: bytes, count: int, rows: int) -> tuple[PushResult, np.
 def _pack(grads: list[list[torch.Tensor]]) -> Any:
     """Dense gradients as one (k, P) float32 array (one object to serialise, not k x params tensors)."""
     if any(t.is_sparse for g in grads for t in g):
-        return grads
+        return SparseGrads.pack(grads)
     return torch.stack([torch.cat([t.reshape(-1) for t in g]) for g in grads]).numpy()
+
+
+@dataclass
+class SparseGrads:
+    """k gradients of a model with sparse (row) parameters, as a few numpy arrays per parameter.
+
+    Pickling torch sparse tensors one by one cost 5.5 ms to send 64 of the hashed model's gradients
+    and 10.9 ms to read them at the server (295 KB); their rows and values concatenated cost a
+    fraction of that. Dense parameters: one (k, ...) array. Sparse ones: every gradient's row indices
+    and values end to end, with each gradient's row count.
+    """
+
+    shapes: list[tuple[int, ...]]
+    dense: dict[int, np.ndarray]  # param -> (k, ...)
+    rows: dict[int, np.ndarray]  # param -> (N,) int64, N = sum of counts
+    values: dict[int, np.ndarray]  # param -> (N, ...)
+    counts: dict[int, np.ndarray]  # param -> (k,) rows per gradient
+
+    @classmethod
+    def pack(cls, grads: list[list[torch.Tensor]]) -> SparseGrads:
+        out = cls([tuple(t.shape) for t in grads[0]], {}, {}, {}, {})
+        for j, t0 in enumerate(grads[0]):
+            if not t0.is_sparse:
+                out.dense[j] = np.stack([g[j].detach().numpy() for g in grads])
+                continue
+            parts = [g[j].coalesce() for g in grads]  # no-op for the models' own (coalesced) gradients
+            out.rows[j] = np.concatenate([t._indices()[0].numpy() for t in parts])
+            out.values[j] = np.concatenate([t._values().numpy() for t in parts])
+            out.counts[j] = np.array([t._nnz() for t in parts], dtype=np.int64)
+        return out
+
+    def unpack(self) -> list[list[torch.Tensor]]:
+        k = len(next(iter(self.dense.values()))) if self.dense else len(next(iter(self.counts.values())))
+        out: list[list[torch.Tensor]] = [[] for _ in range(k)]
+        for j, shape in enumerate(self.shapes):
+            if j in self.dense:
+                for i in range(k):
+                    out[i].append(torch.from_numpy(self.dense[j][i].copy()))  # Ray's buffers are read-only
+                continue
+            ends = np.cumsum(self.counts[j])
+            for i, (a, b) in enumerate(zip(ends - self.counts[j], ends, strict=True)):
+                idx = torch.from_numpy(self.rows[j][a:b].copy())[None]
+                out[i].append(torch.sparse_coo_tensor(idx, torch.from_numpy(self.values[j][a:b].copy()), shape,
+                                                      is_coalesced=True))
+        return out
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)

@@ -179,3 +179,29 @@ def test_a_worker_whose_replica_went_non_finite_takes_the_servers_state() -> Non
     worker.flush()
     assert np.isfinite(client.pull(None)[1]).all()
     np.testing.assert_array_equal(worker.learner.flat().read(), client.pull(None)[1])
+
+
+def test_sparse_gradients_survive_the_wire() -> None:
+    """The hashed model's gradients travel as SparseGrads (arrays, not pickled torch sparse tensors)."""
+    from streamlearn.actors import SparseGrads
+    from streamlearn.events import Example
+
+    learner = Learner(ModelConfig(kind="hashed", buckets=1 << 12, n_features=50), Objective(), OptimConfig())
+    rng = np.random.default_rng(0)
+    grads = []
+    for _ in range(3):
+        batch = [Example(id=str(i), features={f"f{j}": float(rng.random()) for j in rng.integers(0, 50, 5)},
+                         label=int(rng.integers(0, 10)), positive=bool(rng.random() < 0.5)) for i in range(4)]
+        g, _ = learner.gradients(learner.batch(batch))
+        assert g is not None and any(t.is_sparse for t in g)
+        grads.append(g)
+    back = SparseGrads.pack(grads).unpack()
+    assert len(back) == 3
+    for sent, got in zip(grads, back, strict=True):
+        for a, b in zip(sent, got, strict=True):
+            assert a.is_sparse == b.is_sparse and a.shape == b.shape
+            if b.is_sparse:
+                assert b.is_coalesced()
+                torch.testing.assert_close(b.to_dense(), a.to_dense(), rtol=0, atol=0)
+            else:
+                torch.testing.assert_close(b, a, rtol=0, atol=0)
