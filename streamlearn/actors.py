@@ -32,7 +32,7 @@ class ParamServerActor:
         torch.set_num_threads(1)
         self.shard = Shard(index, cfg, model, optim)
         self.cfg, self.workers = cfg, workers
-        self.sparse = {i for i, n in enumerate(self.shard.names) if n.startswith("table")}
+        self.sparse = self.shard.sparse
         self._closed = asyncio.Event()
         self._round = 0
         self._round_size = 0

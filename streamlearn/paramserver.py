@@ -14,6 +14,12 @@ Modes (``PSConfig.mode``):
   ``max_staleness`` versions old is dropped (or down-weighted by
   ``1 / (1 + excess)``), and counted.
 
+* ``sync``: one round = one gradient (or an explicit "nothing") from every
+  worker; the server averages the gradients it got and takes one step. A
+  round also closes ``sync_timeout_seconds`` after it opened, so a dead or
+  stuck worker cannot stall the job. The waiting lives in the Ray actor
+  (:mod:`streamlearn.actors`); :class:`Shard` only holds the round.
+
 Outside sync mode a dense model's worker pushes *updates*, not gradients:
 the change its own optimizer steps made to its replica's weights and
 accumulators over a group of micro-batches (:class:`~streamlearn.learner.FlatState`),
@@ -21,11 +27,6 @@ which the server adds (:meth:`Shard.add_update`): one addition per push
 instead of one optimizer step per gradient, and a push of two rows instead of
 one row per gradient (Downpour SGD's accumulated updates). A version counts
 the gradients in the model either way, so staleness means the same.
-* ``sync``: one round = one gradient (or an explicit "nothing") from every
-  worker; the server averages the gradients it got and takes one step. A
-  round also closes ``sync_timeout_seconds`` after it opened, so a dead or
-  stuck worker cannot stall the job. The waiting lives in the Ray actor
-  (:mod:`streamlearn.actors`); :class:`Shard` only holds the round.
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ class Shard:
         self.index, self.cfg = index, cfg
         full = build_model(model_cfg)
         self.names = [n for n, _ in full.named_parameters()]
+        self.sparse = {i for i, n in enumerate(self.names) if n.startswith("table")}  # row (sparse) gradients
         self.shapes = tuple(tuple(p.shape) for p in full.parameters())
         self.ranges = [row_range(p.shape[0], index, cfg.shards) for _, p in full.named_parameters()]
         self.params = [nn.Parameter(p.detach()[lo:hi].clone()) for (_, p), (lo, hi)
@@ -360,7 +362,7 @@ class LocalParamClient:
             raise ValueError("LocalParamClient: sync rounds need the Ray actor (it waits for every worker)")
         self.shards = list(shards)
         self.layout = Layout(self.shards[0].shapes, len(self.shards))
-        self.sparse = any(n.startswith("table") for n in self.shards[0].names)
+        self.sparse = bool(self.shards[0].sparse)
 
     def submit(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
                norms: Sequence[float], pull: bool = False) -> Done:

@@ -220,9 +220,11 @@ class Worker:
             norms.append(stats.grad_norm)
             kept.append(b)
         out.batch_seconds.append(time.perf_counter() - start)
-        if kept:
-            payload = grads if before is None else self.learner.flat().read(np.float64) - before
-            self._push(payload, norms, kept, out, pull=self._pull_due(after_push=True))
+        if kept and before is None:
+            self._push(grads, norms, kept, out, pull=self._pull_due(after_push=True))
+        elif kept:
+            after = self.learner.flat().read(np.float64)  # the update, and the base of the reply's merge
+            self._push(after - before, norms, kept, out, pull=self._pull_due(after_push=True), state=after)
         elif out.stats.skipped and not self.learner.model.sparse \
                 and not np.isfinite(self.learner.flat().read()).all():
             self._resync(out)
@@ -236,11 +238,12 @@ class Worker:
         self._pulled_once = False
 
     def _push(self, payload: list[list[torch.Tensor]] | np.ndarray | None, norms: list[float],
-              kept: list[list[Example]], out: StepResult, pull: bool = False) -> None:
+              kept: list[list[Example]], out: StepResult, pull: bool = False,
+              state: np.ndarray | None = None) -> None:
         """Send a group's gradients or update; settle the previous push (pipelined) or this one (sync mode,
-        sparse models)."""
+        sparse models). ``state``: the replica's flat state (float64) now, if the caller has just read it."""
         t = time.perf_counter()
-        base = self.learner.flat().read(np.float64) if pull else None
+        base = (self.learner.flat().read(np.float64) if state is None else state) if pull else None
         # the replica already holds our own earlier gradients since the last pull
         version = self.version + self.local_since_pull
         if isinstance(payload, np.ndarray):
