@@ -211,9 +211,15 @@ def start_ray(num_cpus: int = 2) -> None:
 
 
 def job_config(topics: Topics, workers: int = 1, classes: int = 10, n_features: int = 64,
-               **over: Any) -> Any:
-    """The config ``streamlearn run`` builds from these flags (``over``: nested config keys)."""
+               batch_size: int | None = None, **over: Any) -> Any:
+    """The config ``streamlearn run`` builds from these flags (``over``: nested config keys).
+
+    ``batch_size``: another micro-batch, with grads_per_push scaled so that a push still carries the
+    default number of examples (replicas merge as often).
+    """
     from streamlearn import config
+    from streamlearn.learner import OptimConfig
+    from streamlearn.paramserver import PSConfig
 
     s = topics.settings
     base: dict[str, Any] = {
@@ -224,6 +230,10 @@ def job_config(topics: Topics, workers: int = 1, classes: int = 10, n_features: 
         # safety net: it counts from the last record, so a short one fires while slow actors still start
         "stop": {"max_events": topics.records, "until_idle": 60.0, "max_seconds": 600.0},
     }
+    if batch_size is not None:
+        per_push = PSConfig().grads_per_push * OptimConfig().batch_size
+        base["optim"] = {"batch_size": batch_size}
+        base["ps"] = {"grads_per_push": max(1, per_push // batch_size)}
     for key, value in over.items():
         if isinstance(value, dict):
             base.setdefault(key, {}).update(value)

@@ -225,11 +225,8 @@ def row_learn_in_process(b: Bench) -> Measured:
 
 
 def _job(b: Bench, workers: int, batch_size: int | None = None) -> Measured:
-    # a bigger micro-batch keeps a push at the default 256 examples (64 x 4): replicas merge as often
-    over = {} if batch_size is None else {"optim": {"batch_size": batch_size},
-                                          "ps": {"grads_per_push": max(1, 256 // batch_size)}}
     cfg = harness.job_config(_topics(b), workers=workers, classes=b.schema.n_classes,
-                             n_features=b.schema.n_features, **over)
+                             n_features=b.schema.n_features, batch_size=batch_size)
     run = harness.run_job(cfg, _topics(b))
     s = run.summary
     complete = s["events_consumed"] == b.records

@@ -238,11 +238,8 @@ def run_peer(kind: str, topics: harness.Topics, d: Data, max_seconds: float) -> 
 
 def run_streamlearn(workers: int, topics: harness.Topics, d: Data, max_seconds: float,
                     profile: float = 0.0, batch_size: int | None = None) -> dict[str, Any]:
-    # a bigger micro-batch keeps a push at the default 256 examples (64 x 4): replicas merge as often
-    over = {} if batch_size is None else {"optim": {"batch_size": batch_size},
-                                          "ps": {"grads_per_push": max(1, 256 // batch_size)}}
     cfg = harness.job_config(topics, workers=workers, classes=d.data.n_classes, n_features=d.data.n_features,
-                             model=dict(d.model), stop={"max_seconds": max_seconds}, **over)
+                             batch_size=batch_size, model=dict(d.model), stop={"max_seconds": max_seconds})
     run = harness.run_job(cfg, topics, profile=profile)
     s = run.summary
     acc = _heldout(cfg.model, run.weights, d)
