@@ -10,7 +10,7 @@ import asyncio
 import math
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -19,8 +19,8 @@ import ray
 import torch
 
 from streamlearn.learner import OptimConfig
-from streamlearn.model import ModelConfig
-from streamlearn.paramserver import InOrder, Layout, PSConfig, PushResult, Shard, split
+from streamlearn.model import ModelConfig, build_model
+from streamlearn.paramserver import InOrder, Layout, PSConfig, PushResult, RowLayout, Shard, split
 from streamlearn.worker import StepResult, Weights, WeightUpdate, tune_gc
 
 
@@ -41,13 +41,11 @@ class ParamServerActor:
 
     async def push(self, worker: int, grads: Any, version: int, norms: Sequence[float],
                    pull: bool = False, client: str = "", seq: int = 0) -> tuple[PushResult, Weights | None]:
-        """Gradients: sync mode, and a sparse model's rows."""
-        await self._order.turn(client, seq)  # pipelined pushes of one worker apply in the order sent
-        grads = self._unpack(grads)
+        """Sync mode: a worker's gradient for the open round (None: it had nothing); returns when it closed."""
         if self.cfg.mode != "sync":
-            result = self.shard.apply(grads, [version + i for i in range(len(grads))], norms) if grads else \
-                self.shard.stamp(PushResult())
-            return result, (self._weights(None) if pull else None)
+            raise ValueError(f"gradient pushes are for sync mode; in {self.cfg.mode} mode workers push updates")
+        await self._order.turn(client, seq)
+        grads = self._unpack(grads)
         self.shard.add_to_round(worker, grads[0] if grads else None, norms[0] if norms else 0.0)
         closed, round_id = self._closed, self._round
         if len(self.shard.round) == 1:
@@ -66,6 +64,18 @@ class ParamServerActor:
         await self._order.turn(head.client.hex(), head.seq)
         result = self.shard.add_update(update, head.steps, head.version)
         return pack_reply(result, self.shard.flat().read() if head.pull else None)
+
+    async def push_rows(self, message: bytes) -> bytes:
+        """A sparse model's update (async, bounded), packed by :func:`pack_rows`: added to its rows; the
+        reply, packed by :func:`pack_reply`, carries those rows' state after."""
+        head, rows, update = unpack_rows(message, len(self.shard.flat().rows))
+        await self._order.turn(head.client.hex(), head.seq)
+        result = self.shard.add_update(update, head.steps, head.version, rows)
+        return pack_reply(result, self.shard.row_state().read(rows))
+
+    async def pull_rows(self, rows: np.ndarray) -> tuple[int, np.ndarray]:
+        """A sparse model's state on ``rows`` (this shard's own numbering), accumulators included."""
+        return self.shard.version, self.shard.row_state().read(rows)
 
     def _unpack(self, grads: Any) -> list[list[torch.Tensor]]:
         """Dense gradients travel as one (k, P) array: rows are gradients, flattened over the shard's params;
@@ -130,11 +140,24 @@ class ParamServerActor:
 class RayParamClient:
     """Pushes to and pulls from every shard; shard 0's version is the model's."""
 
-    def __init__(self, shards: Sequence[Any], layout: Layout) -> None:
+    def __init__(self, shards: Sequence[Any], layout: Layout, rows_layout: RowLayout | None = None) -> None:
         self.shards = list(shards)
-        self.layout = layout
+        self.layout = layout  # a dense model's flat states
+        self.rows_layout = rows_layout  # a sparse model's row states
         self.token = uuid.uuid4().bytes  # this client's pushes are applied in the order of ``seq``
         self.seq = 0
+
+    @classmethod
+    def of(cls, shards: Sequence[Any], model: ModelConfig) -> RayParamClient:
+        full = build_model(model)
+        shapes, rows = tuple(tuple(p.shape) for p in full.parameters()), full.row_params()
+        return cls(shards, Layout(shapes, len(shards)), RowLayout.of(shapes, rows, len(shards)) if rows else None)
+
+    @property
+    def rows(self) -> RowLayout:
+        if self.rows_layout is None:
+            raise TypeError("row updates need a model with row parameters (the hashed model)")
+        return self.rows_layout
 
     def submit(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
                norms: Sequence[float], pull: bool = False) -> _Pending:
@@ -146,15 +169,39 @@ class RayParamClient:
             per_shard = [_pack([p[s] for p in parts]) for s in range(n)]
         self.seq += 1
         return _Pending([s.push.remote(worker, g, version, norms, pull, self.token.hex(), self.seq)
-                         for s, g in zip(self.shards, per_shard, strict=True)], pull, self)
+                         for s, g in zip(self.shards, per_shard, strict=True)],
+                        lambda replies: (replies[0][0], self.merge([r[1] for r in replies]) if pull else None))
 
     def submit_update(self, worker: int, update: np.ndarray, count: int, version: int,
                       pull: bool = False) -> _Pending:
         self.seq += 1
         head = UpdateHead(self.token, self.seq, worker, version, count, pull)
         return _Pending([s.push_update.remote(pack_update(head, u))
-                         for s, u in zip(self.shards, self.layout.split(update), strict=True)], pull, self,
-                        packed=(count, update.shape[0]))
+                         for s, u in zip(self.shards, self.layout.split(update), strict=True)],
+                        lambda replies: self._update_reply(replies, count, len(update)))
+
+    def _update_reply(self, replies: list[bytes], count: int, state_rows: int) -> tuple[PushResult, Weights | None]:
+        results = [unpack_reply(r, count, state_rows) for r in replies]
+        states = [r[1] for r in results if r[1] is not None]
+        return results[0][0], (self.layout.merge(states) if states else None)
+
+    def submit_rows(self, worker: int, rows: np.ndarray, update: np.ndarray, count: int, version: int) -> _Pending:
+        self.seq += 1
+        head = UpdateHead(self.token, self.seq, worker, version, count, True)
+        parts = self.rows.split(rows, update)
+        counts = [len(r) for r, _ in parts]
+        refs = [s.push_rows.remote(pack_rows(head, r, u)) for s, (r, u) in zip(self.shards, parts, strict=True)]
+        return _Pending(refs, lambda replies: self._rows_reply(replies, count, len(update), counts))
+
+    def _rows_reply(self, replies: list[bytes], count: int, state_rows: int,
+                    counts: list[int]) -> tuple[PushResult, np.ndarray]:
+        results = [unpack_reply(r, count, state_rows) for r in replies]
+        return results[0][0], self.rows.merge([r[1] for r in results if r[1] is not None], counts)
+
+    def pull_rows(self, rows: np.ndarray) -> tuple[int, np.ndarray]:
+        parts = self.rows.cut(rows)
+        results = ray.get([s.pull_rows.remote(r) for s, r in zip(self.shards, parts, strict=True)])
+        return results[0][0], self.rows.merge([r[1] for r in results], [len(r) for r in parts])
 
     def pull(self, rows: torch.Tensor | None) -> tuple[int, Weights]:
         results = ray.get([s.pull.remote(rows) for s in self.shards])
@@ -179,18 +226,13 @@ class RayParamClient:
 
 
 class _Pending:
-    """The shards' replies to one push, fetched when the worker settles it."""
+    """The shards' replies to one push, fetched (and joined by ``finish``) when the worker settles it."""
 
-    def __init__(self, refs: list[Any], pull: bool, client: RayParamClient,
-                 packed: tuple[int, int] | None = None) -> None:
-        self.refs, self.pull, self.client = refs, pull, client
-        self.packed = packed  # an update's replies are bytes: (gradients it carried, rows of its state)
+    def __init__(self, refs: list[Any], finish: Callable[[list[Any]], tuple[PushResult, Any]]) -> None:
+        self.refs, self.finish = refs, finish
 
-    def result(self) -> tuple[PushResult, Weights | None]:
-        results = ray.get(self.refs)
-        if self.packed is not None:
-            results = [unpack_reply(r, *self.packed) for r in results]
-        return results[0][0], (self.client.merge([r[1] for r in results]) if self.pull else None)
+    def result(self) -> tuple[PushResult, Any]:
+        return self.finish(ray.get(self.refs))
 
 
 # -- an update push on the wire ----------------------------------------------------
@@ -209,6 +251,7 @@ class UpdateHead(NamedTuple):
 
 
 _UPDATE_HEAD = struct.Struct("<16sqiqi?")
+_ROWS = struct.Struct("<q")  # a sparse update's row count
 _REPLY_HEAD = struct.Struct("<qiiiqdd")  # version, applied, dropped, downweighted, staleness, lr, clip (NaN: none)
 
 
@@ -228,6 +271,21 @@ def pack_reply(result: PushResult, state: np.ndarray | None) -> bytes:
     head = _REPLY_HEAD.pack(result.version, result.applied, result.dropped, result.downweighted, stale,
                             result.lr if result.lr is not None else math.nan, clip)
     return head if state is None else head + np.ascontiguousarray(state, dtype=np.float32).tobytes()
+
+
+def pack_rows(head: UpdateHead, rows: np.ndarray, update: np.ndarray) -> bytes:
+    """A sparse model's update: the header, the row count, the rows (int64), the float64 (A, W) update."""
+    return (_UPDATE_HEAD.pack(*head) + _ROWS.pack(len(rows)) + np.ascontiguousarray(rows, dtype=np.int64).tobytes()
+            + np.ascontiguousarray(update, dtype=np.float64).tobytes())
+
+
+def unpack_rows(message: bytes, state_rows: int) -> tuple[UpdateHead, np.ndarray, np.ndarray]:
+    head = UpdateHead(*_UPDATE_HEAD.unpack_from(message))
+    (n,) = _ROWS.unpack_from(message, _UPDATE_HEAD.size)
+    at = _UPDATE_HEAD.size + _ROWS.size
+    rows = np.frombuffer(message, dtype=np.int64, count=n, offset=at)
+    update = np.frombuffer(message, dtype=np.float64, offset=at + 8 * n).reshape(state_rows, -1)
+    return head, rows, update
 
 
 def unpack_reply(message: bytes, count: int, rows: int) -> tuple[PushResult, np.ndarray | None]:
@@ -301,7 +359,7 @@ class WorkerActor:
         tune_gc()
         from streamlearn.job import build_worker
 
-        self.worker = build_worker(cfg, worker, partitions, RayParamClient(shards, Layout.of(cfg.model, len(shards))))
+        self.worker = build_worker(cfg, worker, partitions, RayParamClient.of(shards, cfg.model))
 
     def ready(self) -> bool:
         return True

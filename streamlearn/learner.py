@@ -10,7 +10,7 @@ both, in :meth:`Learner.learn`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +140,65 @@ class FlatState:
                 at += view.size
 
 
+class RowState:
+    """A sparse model's weights and accumulators on some rows, as one (A, W) array (float32 unless asked).
+
+    The row parameters (the hashed table, :meth:`SoftmaxModel.row_params`)
+    give the rows asked for, the others all of themselves: row a of the array
+    is ``[each row asked for, the row parameters' side by side; the other
+    parameters, flattened]``, a = 0 the weights and, for Adagrad, a = 1 the
+    summed squared gradients. It is the sparse counterpart of
+    :class:`FlatState`: a worker pushes the change its steps made to the rows
+    they touched, and a server replies with the same rows. Rows are sorted
+    and unique; all row parameters have the same row count.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
+                 row_params: Collection[int]) -> None:
+        self.params = [p for i, p in enumerate(params) if i in row_params]
+        self.dense = FlatState(optimizer, [p for i, p in enumerate(params) if i not in row_params])
+        self.optimizer = optimizer
+        self.table = [[p.detach().numpy().reshape(p.shape[0], -1) for p in self.params]]  # [a][param] (N, C)
+        if isinstance(optimizer, torch.optim.Adagrad):
+            self.table.append([optimizer.state[p]["sum"].numpy().reshape(p.shape[0], -1) for p in self.params])
+        self.cols = sum(v.shape[1] for v in self.table[0])  # columns of one row, all row parameters
+
+    def width(self, rows: int) -> int:
+        """Columns of the state of ``rows`` rows."""
+        return rows * self.cols + sum(v.size for v in self.dense.rows[0])
+
+    def read(self, rows: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+        dense = self.dense.read(dtype)
+        return np.stack([np.concatenate([np.concatenate([v[rows] for v in views], axis=1, dtype=dtype).reshape(-1),
+                                         d]) for views, d in zip(self.table, dense, strict=True)])
+
+    def write(self, rows: np.ndarray, state: np.ndarray) -> None:
+        for _, view, block in self._parts(rows, state):
+            view[rows] = block
+        self.dense.write(state[:, len(rows) * self.cols :])
+
+    def add(self, rows: np.ndarray, delta: np.ndarray, scale: float = 1.0, steps: int = 0) -> None:
+        """As :meth:`FlatState.add`, on ``rows`` of the row parameters and all of the others."""
+        for a, view, block in self._parts(rows, delta):
+            view[rows] += block if scale == 1.0 else block * np.float32(scale ** (a + 1))
+        self.dense.add(delta[:, len(rows) * self.cols :], scale, steps)
+        if steps and len(self.table) > 1:
+            for p in self.params:
+                self.optimizer.state[p]["step"] += steps
+
+    def _parts(self, rows: np.ndarray, state: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(a, view, the (R, C) block of ``state`` for its rows)."""
+        if state.shape != (len(self.table), self.width(len(rows))):
+            raise ValueError(f"a row state of shape {state.shape} does not fit {len(self.table)} x "
+                             f"{self.width(len(rows))} ({len(rows)} rows)")
+        for a, views in enumerate(self.table):
+            block = state[a, : len(rows) * self.cols].reshape(len(rows), self.cols)
+            at = 0
+            for view in views:
+                yield a, view, block[:, at : at + view.shape[1]]
+                at += view.shape[1]
+
+
 def _dense_rows(g: torch.Tensor) -> tuple[Any, np.ndarray]:
     """(rows, values) of a gradient: every row of a dense one (``...``), the touched rows of a sparse one
     with repeated rows summed (what ``coalesce`` does)."""
@@ -252,6 +311,9 @@ class Learner:
 
     def flat(self) -> FlatState:
         return FlatState(self.optimizer, self.params)
+
+    def row_state(self) -> RowState:
+        return RowState(self.optimizer, self.params, self.model.row_params())
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

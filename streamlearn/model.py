@@ -51,6 +51,10 @@ class SoftmaxModel(nn.Module):
     def inputs(self, features: Sequence[Features]) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
+    def row_params(self) -> frozenset[int]:
+        """Indices (in ``parameters()`` order) of the parameters whose gradients touch only some rows."""
+        return frozenset()
+
 
 def _dense(features: Sequence[Features], width: int) -> torch.Tensor:
     out = np.zeros((len(features), width), dtype=np.float32)  # (B, D)
@@ -128,6 +132,9 @@ class HashedSoftmax(SoftmaxModel):
         self.bias = nn.Parameter(torch.zeros(cfg.n_classes))
         nn.init.zeros_(self.table.weight)
         self._cache: dict[str, int] = {}
+
+    def row_params(self) -> frozenset[int]:
+        return frozenset(i for i, p in enumerate(self.parameters()) if p is self.table.weight)
 
     def _bucket(self, name: str) -> int:
         b = self._cache.get(name)

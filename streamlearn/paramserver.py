@@ -20,20 +20,22 @@ Modes (``PSConfig.mode``):
   stuck worker cannot stall the job. The waiting lives in the Ray actor
   (:mod:`streamlearn.actors`); :class:`Shard` only holds the round.
 
-Outside sync mode a dense model's worker pushes *updates*, not gradients:
-the change its own optimizer steps made to its replica's weights and
-accumulators over a group of micro-batches (:class:`~streamlearn.learner.FlatState`),
-which the server adds (:meth:`Shard.add_update`): one addition per push
-instead of one optimizer step per gradient, and a push of two rows instead of
-one row per gradient (Downpour SGD's accumulated updates). A version counts
-the gradients in the model either way, so staleness means the same.
+Outside sync mode a worker pushes *updates*, not gradients: the change its
+own optimizer steps made to its replica's weights and accumulators over a
+group of micro-batches (a dense model's :class:`~streamlearn.learner.FlatState`,
+a sparse model's :class:`~streamlearn.learner.RowState` on the rows the group
+touched), which the server adds (:meth:`Shard.add_update`): one addition per
+push instead of one optimizer step per gradient, and a push of two rows
+instead of one row per gradient (Downpour SGD's accumulated updates). A
+version counts the gradients in the model either way, so staleness means the
+same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from math import prod
@@ -44,7 +46,7 @@ import torch
 from torch import nn
 
 from streamlearn.divergence import clip_scale
-from streamlearn.learner import FlatState, OptimConfig, build_optimizer, step
+from streamlearn.learner import FlatState, OptimConfig, RowState, build_optimizer, step
 from streamlearn.model import ModelConfig, build_model
 
 PS_MODES = ("sync", "async", "bounded")
@@ -152,6 +154,51 @@ class Layout:
         return np.concatenate(pieces, axis=1)
 
 
+@dataclass(frozen=True)
+class RowLayout:
+    """How a sparse model's row states (:class:`~streamlearn.learner.RowState`) split by shard.
+
+    Shard s holds rows ``[lo_s, hi_s)`` of the row parameters, so of a sorted
+    row list it takes one run, renumbered from ``lo_s``; the other parameters
+    split as :class:`Layout` splits them.
+    """
+
+    n_rows: int  # rows of the row parameters (the hashed model's buckets)
+    cols: int  # columns of one row, all row parameters side by side
+    dense: Layout  # the other parameters
+
+    @classmethod
+    def of(cls, shapes: Sequence[tuple[int, ...]], row_params: Collection[int], shards: int) -> RowLayout:
+        """From the full model's parameter shapes and which of them are row parameters."""
+        first = min(row_params)
+        return cls(shapes[first][0], sum(prod(shapes[i][1:]) for i in row_params),
+                   Layout(tuple(sh for i, sh in enumerate(shapes) if i not in row_params), shards))
+
+    def split(self, rows: np.ndarray, state: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(sorted rows, (A, W)) -> per shard (its rows in its own numbering, its (A, W_s) state)."""
+        n = len(rows) * self.cols
+        table, dense = state[:, :n], self.dense.split(state[:, n:])
+        out, at = [], 0
+        for mine, part in zip(self.cut(rows), dense, strict=True):
+            out.append((mine, np.concatenate([table[:, at * self.cols : (at + len(mine)) * self.cols], part], axis=1)))
+            at += len(mine)
+        return out
+
+    def cut(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Sorted rows -> each shard's, in its own numbering."""
+        lows = [row_range(self.n_rows, s, self.dense.shards)[0] for s in range(self.dense.shards)]
+        cuts = [*np.searchsorted(rows, lows).tolist(), len(rows)]
+        return [rows[cuts[s] : cuts[s + 1]] - lows[s] for s in range(self.dense.shards)]
+
+    def merge(self, parts: Sequence[np.ndarray], counts: Sequence[int]) -> np.ndarray:
+        """Inverse of :meth:`split` for the states, shard s's with ``counts[s]`` rows."""
+        if len(parts) == 1:
+            return parts[0]
+        cut = [c * self.cols for c in counts]
+        dense = self.dense.merge([p[:, n:] for p, n in zip(parts, cut, strict=True)])
+        return np.concatenate([p[:, :n] for p, n in zip(parts, cut, strict=True)] + [dense], axis=1)
+
+
 @dataclass
 class PushResult:
     applied: int = 0  # gradients applied
@@ -170,8 +217,7 @@ class Shard:
     def __init__(self, index: int, cfg: PSConfig, model_cfg: ModelConfig, optim_cfg: OptimConfig) -> None:
         self.index, self.cfg = index, cfg
         full = build_model(model_cfg)
-        self.names = [n for n, _ in full.named_parameters()]
-        self.sparse = {i for i, n in enumerate(self.names) if n.startswith("table")}  # row (sparse) gradients
+        self.sparse = full.row_params()  # parameters with row (sparse) gradients
         self.shapes = tuple(tuple(p.shape) for p in full.parameters())
         self.ranges = [row_range(p.shape[0], index, cfg.shards) for _, p in full.named_parameters()]
         self.params = [nn.Parameter(p.detach()[lo:hi].clone()) for (_, p), (lo, hi)
@@ -184,36 +230,15 @@ class Shard:
 
     # -- updates -----------------------------------------------------------
 
-    def apply(self, grads: Sequence[Sequence[torch.Tensor]], versions: Sequence[int],
-              norms: Sequence[float]) -> PushResult:
-        """Async / bounded: apply each gradient in order.
-
-        ``versions[i]`` is the version gradient i was computed at, counting the
-        pushing worker's own earlier gradients (which its replica applied
-        locally), so staleness counts only updates the worker had not seen.
-        """
-        out = PushResult()
-        for g, v, norm in zip(grads, versions, norms, strict=True):
-            stale = self.version - v
-            out.staleness.append(stale)
-            scale = 1.0
-            if self.cfg.mode == "bounded" and stale > self.cfg.max_staleness:
-                if self.cfg.stale_policy == "drop":
-                    out.dropped += 1
-                    out.kept.append(False)
-                    continue
-                scale = 1.0 / (1 + stale - self.cfg.max_staleness)
-                out.downweighted += 1
-            self._step(g, scale * clip_scale(norm, self.clip_norm))
-            out.applied += 1
-            out.kept.append(True)
-        return self.stamp(out)
-
-    def add_update(self, update: np.ndarray, count: int, version: int) -> PushResult:
+    def add_update(self, update: np.ndarray, count: int, version: int,
+                   rows: np.ndarray | None = None) -> PushResult:
         """Async / bounded: add a worker's update, the change ``count`` of its own optimizer steps made.
 
+        A dense model's update is a flat state (:class:`~streamlearn.learner.FlatState`); a sparse
+        model's is a row state on ``rows``, this shard's own row numbers (:class:`~streamlearn.learner.RowState`).
         ``version`` is the version its first step started from, counting the
-        worker's own earlier updates (as in :meth:`apply`). A bounded-mode update
+        worker's own earlier updates (which its replica applied locally), so
+        staleness counts only updates the worker had not seen. A bounded-mode update
         too stale is dropped or down-weighted whole. The worker clipped each
         gradient with the clip norm the last reply told it.
         """
@@ -226,7 +251,10 @@ class Shard:
                 return self.stamp(out)
             scale = 1.0 / (1 + stale - self.cfg.max_staleness)
             out.downweighted = count
-        self.flat().add(update, scale, steps=count)
+        if rows is None:
+            self.flat().add(update, scale, steps=count)
+        else:
+            self.row_state().add(rows, update, scale, steps=count)
         self.version += count
         out.applied, out.kept = count, [True] * count
         return self.stamp(out)
@@ -264,6 +292,9 @@ class Shard:
 
     def flat(self) -> FlatState:
         return FlatState(self.optimizer, self.params)
+
+    def row_state(self) -> RowState:
+        return RowState(self.optimizer, self.params, self.sparse)
 
     def rows(self, param: int, rows: torch.Tensor) -> torch.Tensor:
         """Global ``rows`` of parameter ``param`` that fall in this shard (caller filters)."""
@@ -343,9 +374,9 @@ class InOrder:
 class Done:
     """A push that already happened (in process): its reply."""
 
-    reply: tuple[PushResult, dict[int, Any] | None]
+    reply: tuple[PushResult, Any]
 
-    def result(self) -> tuple[PushResult, dict[int, Any] | None]:
+    def result(self) -> tuple[PushResult, Any]:
         return self.reply
 
 
@@ -363,22 +394,30 @@ class LocalParamClient:
         self.shards = list(shards)
         self.layout = Layout(self.shards[0].shapes, len(self.shards))
         self.sparse = bool(self.shards[0].sparse)
+        if self.sparse:
+            self.rows_layout = RowLayout.of(self.shards[0].shapes, self.shards[0].sparse, len(self.shards))
 
     def submit(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
                norms: Sequence[float], pull: bool = False) -> Done:
-        result = self.shards[0].stamp(PushResult())
-        if grads:
-            parts = [split(g, len(self.shards)) for g in grads]
-            results = [s.apply([p[i] for p in parts], [version + j for j in range(len(grads))], norms)
-                       for i, s in enumerate(self.shards)]
-            result = results[0]
-        return Done((result, self.pull(None)[1] if pull else None))
+        raise TypeError("gradient pushes are sync mode's, which needs the Ray actor; outside it workers push updates")
 
     def submit_update(self, worker: int, update: np.ndarray, count: int, version: int,
                       pull: bool = False) -> Done:
         results = [s.add_update(u, count, version) for s, u in zip(self.shards, self.layout.split(update),
                                                                    strict=True)]
         return Done((results[0], self.pull(None)[1] if pull else None))
+
+    def submit_rows(self, worker: int, rows: np.ndarray, update: np.ndarray, count: int, version: int) -> Done:
+        parts = self.rows_layout.split(rows, update)
+        results = [s.add_update(u, count, version, r) for s, (r, u) in zip(self.shards, parts, strict=True)]
+        state = self.rows_layout.merge([s.row_state().read(r) for s, (r, _) in zip(self.shards, parts, strict=True)],
+                                       [len(r) for r, _ in parts])
+        return Done((results[0], state))
+
+    def pull_rows(self, rows: np.ndarray) -> tuple[int, np.ndarray]:
+        parts = self.rows_layout.cut(rows)
+        return self.shards[0].version, self.rows_layout.merge(
+            [s.row_state().read(r) for s, r in zip(self.shards, parts, strict=True)], [len(r) for r in parts])
 
     def pull(self, rows: torch.Tensor | None) -> tuple[int, Any]:
         if not self.sparse:

@@ -8,14 +8,17 @@ One :meth:`Worker.step` polls one batch of records and trains on every full
 micro-batch it yields, in groups of up to ``grads_per_push`` micro-batches:
 one call to the servers per group (never one call per event). In sync mode a
 group is one gradient. Outside it the worker steps its replica's own
-optimizer on each micro-batch and sends what the group's steps changed (a
-dense model: weights and Adagrad accumulators, one update of two rows
-however many micro-batches; a sparse model: each gradient's touched rows).
-The replica pulls fresh weights every ``pull_every`` pushes, or as soon as
-it is ``max_staleness`` versions behind; replies also set its learning rate
-and gradient clip (the divergence guard changes them at the servers).
+optimizer on each micro-batch and sends what the group's steps changed,
+weights and Adagrad accumulators: a dense model's whole flat state (one
+update of two rows however many micro-batches), a sparse model's rows that
+the group touched and its dense parameters. A dense replica pulls fresh
+weights every ``pull_every`` pushes, or as soon as it is ``max_staleness``
+versions behind; a sparse one gets its pushed rows back in every reply and
+pulls, before a group, the rows it needs that it last loaded more than
+``max_staleness`` versions ago. Replies also set its learning rate and
+gradient clip (the divergence guard changes them at the servers).
 
-Outside sync mode a dense model's push does not block: the worker sends group
+Outside sync mode a push does not block: the worker sends group
 i and goes on (polling, decoding, computing group i + 1, across steps) while
 the servers apply group i, then settles the reply of group i when it sends the
 next one. At most one push is in flight; :meth:`Worker.flush` settles it (the
@@ -48,6 +51,7 @@ from streamlearn.source import EventSource, TopicPartition
 
 log = logging.getLogger(__name__)
 
+_NEVER = np.iinfo(np.int64).min // 2  # loaded_at of a row never loaded
 LOSS_SAMPLE = 64  # per-example losses a step reports for the loss histogram (a sample: cheap)
 
 # a sparse model's weights: param index -> full tensor, or (rows (R,), values (R, ...)) for the rows asked
@@ -85,7 +89,17 @@ class ParamClient(Protocol):
         """Send a dense update (the change of ``count`` local steps) without waiting; ``pull`` as in submit."""
         ...
 
+    def submit_rows(self, worker: int, rows: np.ndarray, update: np.ndarray, count: int,
+                    version: int) -> PendingPush:
+        """Send a sparse model's update on ``rows`` (sorted) without waiting; the reply carries those rows'
+        state after applying it (a :class:`~streamlearn.learner.RowState` array)."""
+        ...
+
     def pull(self, rows: torch.Tensor | None) -> tuple[int, Weights]: ...
+
+    def pull_rows(self, rows: np.ndarray) -> tuple[int, np.ndarray]:
+        """A sparse model's state (weights and accumulators) on ``rows`` (sorted)."""
+        ...
 
 
 @dataclass
@@ -121,7 +135,8 @@ class _Push:
 
     pending: PendingPush
     kept: list[list[Example]]  # the micro-batches whose gradients it carries
-    base: np.ndarray | None  # the replica's flat state (float64) when it was sent, if the reply brings one
+    base: np.ndarray | None  # the replica's flat or row state (float64) when it was sent, if the reply brings one
+    rows: np.ndarray | None  # a sparse model's update: the rows it and its reply cover
     sent: int  # Worker.sent once it went out: the servers' reply includes that many own gradients
     started: float
 
@@ -143,7 +158,11 @@ class Worker:
         self._behind = 0  # versions the replica lagged at the last push
         self._pulled_once = False
         self._inflight: _Push | None = None
-        self.updates = not learner.model.sparse and ps_cfg.mode != "sync"  # push updates, not gradients
+        # outside sync mode, push updates (not gradients): a dense model's flat state, a sparse one's rows
+        self.updates = not learner.model.sparse and ps_cfg.mode != "sync"
+        self.row_updates = learner.model.sparse and ps_cfg.mode != "sync"
+        # a sparse model's rows: the server version each was last loaded at (pulled, or in a reply)
+        self.loaded_at = np.full(self._n_rows(), _NEVER, dtype=np.int64) if self.row_updates else None
         self.clip_norm: float | None = None  # the servers' gradient clip, from their last reply
 
     # -- the loop ------------------------------------------------------------
@@ -201,10 +220,14 @@ class Worker:
         """
         start = time.perf_counter()
         prepared = [self.learner.batch(b) for b in batches]
-        if self._pull_due():
+        rows = None
+        if self.row_updates:
+            rows = np.unique(np.concatenate([p.inputs[0].numpy() for p in prepared]))  # (R,) the rows they touch
+            self._pull_stale(rows, out)
+        elif self._pull_due():
             self._pull(prepared, out)
         local = self.cfg.mode != "sync"
-        before = self.learner.flat().read(np.float64) if self.updates else None
+        before = self._state(rows) if self.updates or self.row_updates else None
         grads, norms, kept = [], [], []
         for b, p in zip(batches, prepared, strict=True):
             g, stats = self.learner.gradients(p)
@@ -223,11 +246,18 @@ class Worker:
         if kept and before is None:
             self._push(grads, norms, kept, out, pull=self._pull_due(after_push=True))
         elif kept:
-            after = self.learner.flat().read(np.float64)  # the update, and the base of the reply's merge
-            self._push(after - before, norms, kept, out, pull=self._pull_due(after_push=True), state=after)
+            after = self._state(rows)  # the update, and the base of the reply's merge
+            self._push(after - before, norms, kept, out, pull=self._pull_due(after_push=True), state=after, rows=rows)
         elif out.stats.skipped and not self.learner.model.sparse \
                 and not np.isfinite(self.learner.flat().read()).all():
             self._resync(out)
+
+    def _state(self, rows: np.ndarray | None) -> np.ndarray:
+        """The replica's state (float64) that an update is a change of: a dense model's flat state, or a
+        sparse model's on ``rows``."""
+        if rows is None:
+            return self.learner.flat().read(np.float64)
+        return self.learner.row_state().read(rows, np.float64)
 
     def _resync(self, out: StepResult) -> None:
         """The replica holds non-finite numbers, so every batch fails and nothing is pushed (nor pulled):
@@ -239,14 +269,17 @@ class Worker:
 
     def _push(self, payload: list[list[torch.Tensor]] | np.ndarray | None, norms: list[float],
               kept: list[list[Example]], out: StepResult, pull: bool = False,
-              state: np.ndarray | None = None) -> None:
-        """Send a group's gradients or update; settle the previous push (pipelined) or this one (sync mode,
-        sparse models). ``state``: the replica's flat state (float64) now, if the caller has just read it."""
+              state: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
+        """Send a group's gradients or update; settle the previous push (pipelined) or this one (sync mode).
+        ``state``: the replica's state (float64) now, if the caller has just read it; ``rows``: a sparse
+        model's update is on these rows."""
         t = time.perf_counter()
-        base = (self.learner.flat().read(np.float64) if state is None else state) if pull else None
+        base = (self._state(rows) if state is None else state) if pull else None
         # the replica already holds our own earlier gradients since the last pull
         version = self.version + self.local_since_pull
-        if isinstance(payload, np.ndarray):
+        if rows is not None and isinstance(payload, np.ndarray):
+            pending = self.ps.submit_rows(self.id, rows, payload, len(kept), version)
+        elif isinstance(payload, np.ndarray):
             pending = self.ps.submit_update(self.id, payload, len(kept), version, pull)
         else:
             pending = self.ps.submit(self.id, payload, version, norms, pull)
@@ -254,11 +287,11 @@ class Worker:
             self.sent += len(kept)
         out.push_seconds += time.perf_counter() - t
         out.pushes += 1
-        sent = _Push(pending, kept, base, self.sent, t)
+        sent = _Push(pending, kept, base, rows, self.sent, t)
         previous, self._inflight = self._inflight, sent
         if previous is not None:
             self._settle(previous, out)
-        if self.cfg.mode == "sync" or self.learner.model.sparse:
+        if self.cfg.mode == "sync":
             self._settle(sent, out)
 
     def _settle(self, push: _Push, out: StepResult) -> None:
@@ -279,7 +312,7 @@ class Worker:
             self.learner.set_lr(result.lr)
         self.clip_norm = result.clip_norm
         if weights is not None:
-            self._load(result.version, weights, out, base=push.base, sent=push.sent)
+            self._load(result.version, weights, out, base=push.base, sent=push.sent, rows=push.rows)
         elif self.cfg.mode == "sync":
             self.version = result.version  # the round closed with our gradient in it
         # credit the examples of every gradient the server applied (sync: the round's average)
@@ -294,13 +327,30 @@ class Worker:
                 out.applied[key] += 1
 
     def _pull_due(self, after_push: bool = False) -> bool:
-        """Dense models pull with the push that makes one due; sparse ones pull the rows a group needs first."""
+        """Dense models pull with the push that makes one due; sparse ones pull the rows a group needs first
+        (sync mode), or get them in every push's reply and pull the stale ones first (:meth:`_pull_stale`)."""
+        if self.row_updates:
+            return after_push
         if self.learner.model.sparse:
             return not after_push
         if not after_push:
             return not self._pulled_once
         return (self.cfg.mode == "sync" or self.pushes_since_pull + 1 >= self.cfg.pull_every
                 or (self.cfg.mode == "bounded" and self._behind >= self.cfg.max_staleness))
+
+    def _pull_stale(self, rows: np.ndarray, out: StepResult) -> None:
+        """A sparse model: pull the rows a group needs that the replica last loaded more than
+        ``max_staleness`` versions ago (or never), so that no row a gradient reads is older than that.
+        Rows a worker keeps touching come back fresh in every push's reply; this is for the others."""
+        assert self.loaded_at is not None
+        stale = rows[self.loaded_at[rows] < self.version - self.cfg.max_staleness]
+        if len(stale) and self._inflight is not None:
+            self._settle(self._inflight, out)  # so that the servers' rows include every own step
+            stale = rows[self.loaded_at[rows] < self.version - self.cfg.max_staleness]  # its reply refreshed some
+        if not len(stale):
+            return
+        version, state = self.ps.pull_rows(stale)
+        self._load(version, state, out, rows=stale)
 
     def _pull(self, prepared: Sequence[Any], out: StepResult) -> None:
         rows = None
@@ -314,11 +364,17 @@ class Worker:
         """Own gradients in the replica that the last pulled version does not include."""
         return self.sent - self.sent_at_pull
 
-    def _load(self, version: int, update: Weights, out: StepResult,
-              base: np.ndarray | None = None, sent: int | None = None) -> None:
+    def _load(self, version: int, update: Weights, out: StepResult, base: np.ndarray | None = None,
+              sent: int | None = None, rows: np.ndarray | None = None) -> None:
         """Take the servers' weights (which include ``sent`` own gradients, default all); with ``base``
-        (the replica's flat state when the push went out) as a delta on top of the own steps taken since."""
-        drift = self._load_flat(update, base) if isinstance(update, np.ndarray) else self._load_rows(update)
+        (the replica's state when the push went out) as a delta on top of the own steps taken since.
+        ``rows``: a sparse model's row state on those rows."""
+        if rows is not None and isinstance(update, np.ndarray):
+            drift = self._load_row_state(rows, update, base, version)
+        elif isinstance(update, np.ndarray):
+            drift = self._load_flat(update, base)
+        else:
+            drift = self._load_rows(update)
         if self._pulled_once:
             out.replica_drift = drift**0.5
         self._pulled_once = True
@@ -344,6 +400,26 @@ class Worker:
         if base is not None and self._inflight is not None and self._inflight.base is not None:
             self._inflight.base += merged - current
         return float(np.dot(moved, moved))
+
+    def _load_row_state(self, rows: np.ndarray, state: np.ndarray, base: np.ndarray | None, version: int) -> float:
+        """A sparse model: the servers' state on ``rows``, copied or merged as a delta (as :meth:`_load_flat`
+        does); the push in flight moves by what its rows and the dense parameters moved."""
+        assert self.loaded_at is not None
+        rs = self.learner.row_state()
+        current = rs.read(rows, np.float64)
+        merged = state.astype(np.float32) if base is None else (current + (state - base)).astype(np.float32)
+        np.maximum(merged[1:], 0, out=merged[1:])
+        rs.write(rows, merged)
+        change = merged - current
+        inflight = self._inflight
+        if base is not None and inflight is not None and inflight.base is not None and inflight.rows is not None:
+            _, mine, theirs = np.intersect1d(rows, inflight.rows, assume_unique=True, return_indices=True)
+            cols = np.arange(rs.cols)
+            inflight.base[:, (theirs[:, None] * rs.cols + cols).ravel()] += \
+                change[:, (mine[:, None] * rs.cols + cols).ravel()]
+            inflight.base[:, len(inflight.rows) * rs.cols :] += change[:, len(rows) * rs.cols :]
+        self.loaded_at[rows] = version
+        return float(np.dot(change[0], change[0]))
 
     def _load_rows(self, update: WeightUpdate) -> float:
         """A sparse model: the rows asked for, and its dense parameters whole."""
@@ -379,3 +455,10 @@ class Worker:
         self.applied = Counter(state["applied"])
         self._pulled_once = False
         self._inflight = None
+        if self.loaded_at is not None:
+            self.loaded_at[:] = _NEVER
+
+    def _n_rows(self) -> int:
+        """Rows of a sparse model's row parameters."""
+        params = self.learner.params
+        return params[min(self.learner.model.row_params())].shape[0]

@@ -24,10 +24,15 @@ def test_parity_one_worker_one_server_sync(ray_cluster) -> None:
     assert summary["updates"] == trainer.progress.updates
 
 
-@pytest.mark.parametrize("mode", ["async"])
-def test_parity_holds_in_async_mode_for_one_worker(ray_cluster, mode: str) -> None:
-    """Outside sync mode a worker applies its own gradients locally: one worker is still exact."""
-    cfg = job_config(workers=1, ps={"mode": mode, "grads_per_push": 16, "shards": 2})
+HASHED = {"model": {"kind": "hashed", "buckets": 4096}, "data": {"dataset": "synthetic", "sparse_active": 8}}
+
+
+@pytest.mark.parametrize("model", ["linear", "hashed"])
+def test_parity_holds_in_async_mode_for_one_worker(ray_cluster, model: str) -> None:
+    """Outside sync mode a worker applies its own gradients locally and pushes the change (a dense model's
+    flat state, a sparse one's rows): one worker is still exact."""
+    cfg = job_config(workers=1, ps={"mode": "async", "grads_per_push": 16, "shards": 2},
+                     **(HASHED if model == "hashed" else {}))
     job = Job(cfg)
     job.run()
     trainer, _ = single_process(cfg)
@@ -66,8 +71,7 @@ def test_sharded_servers_split_rows_and_match_one_shard(ray_cluster) -> None:
 
 
 def test_hashed_model_sparse_push_and_pull(ray_cluster) -> None:
-    cfg = job_config(workers=2, model={"kind": "hashed", "buckets": 4096}, ps={"shards": 2},
-                     data={"dataset": "synthetic", "sparse_active": 8}, sim={"events": 3000})
+    cfg = job_config(workers=2, ps={"shards": 2}, sim={"events": 3000}, **HASHED)
     summary = Job(cfg).run()
     assert summary["updates"] > 0 and summary["heldout_accuracy"] > 0.5
 

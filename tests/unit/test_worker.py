@@ -205,3 +205,118 @@ def test_sparse_gradients_survive_the_wire() -> None:
                 torch.testing.assert_close(b.to_dense(), a.to_dense(), rtol=0, atol=0)
             else:
                 torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def _hashed_job(workers: int, shards: int, **ps: object) -> tuple[JobConfig, LocalParamClient, list]:
+    from streamlearn.simulate import DataConfig
+
+    cfg = JobConfig(workers=workers, partitions=workers, max_records=300, n_features=200,
+                    model=ModelConfig(kind="hashed", n_features=200, buckets=1 << 10),
+                    data=DataConfig("synthetic", 200, 10, sparse_active=12), sim=SimConfig(events=6000),
+                    ps=PSConfig(mode="async", shards=shards, grads_per_push=2, **ps))  # type: ignore[arg-type]
+    client = LocalParamClient([Shard(i, cfg.ps, cfg.model, cfg.optim) for i in range(shards)])
+    return cfg, client, [build_worker(cfg, w, [w], client) for w in range(workers)]
+
+
+def _server_rows(client: LocalParamClient, rows: np.ndarray) -> np.ndarray:
+    return client.pull_rows(rows)[1]
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_sparse_replicas_track_the_servers_on_the_rows_they_push(shards: int) -> None:
+    """A hashed model pushes the change of the rows a group touched; the reply's rows merge as a delta.
+
+    Once flushed, the rows of the last push (and the bias) hold exactly the
+    servers' weights and Adagrad sums, other workers' updates included; a
+    delta counted twice or lost (with the next push in flight) breaks that.
+    """
+    cfg, client, workers = _hashed_job(2, shards)
+    n_rows = cfg.model.buckets
+    every = np.arange(n_rows)
+    multi_push_steps = 0
+    for _ in range(10):
+        for w in workers:
+            r = w.step()
+            multi_push_steps += r.pushes >= 2
+            w.flush()
+            fresh = every[w.loaded_at == w.version]  # the last reply's rows
+            assert 0 < len(fresh) < n_rows
+            state = w.learner.row_state()
+            np.testing.assert_allclose(state.read(fresh), _server_rows(client, fresh), rtol=0, atol=1e-6)
+            assert w.local_since_pull == 0 and w.version == client.shards[0].version
+    assert multi_push_steps >= 10
+    applied = sum(sum(w.applied.values()) for w in workers)
+    assert applied == client.shards[0].version * cfg.optim.batch_size
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_one_sparse_worker_is_the_servers_model_to_the_bit(shards: int) -> None:
+    """With one worker nothing else moves the servers: after a flush they hold its replica exactly, every row."""
+    cfg, client, (worker,) = _hashed_job(1, shards)
+    for _ in range(8):
+        worker.step()
+    worker.flush()
+    every = np.arange(cfg.model.buckets)
+    replica = worker.learner.row_state().read(every)
+    np.testing.assert_array_equal(replica, _server_rows(client, every))
+    assert np.count_nonzero(replica[0]) > 100  # it learned something
+
+
+def test_a_sparse_worker_pulls_rows_it_has_not_loaded_within_max_staleness() -> None:
+    """Rows come back in every push's reply, so a worker only pulls the rows of a group that it last loaded
+    more than max_staleness versions ago (or never): other workers' learning on them reaches its replica
+    before a gradient reads them."""
+    cfg, client, (a, b) = _hashed_job(2, 1, max_staleness=4)
+    pulls: list[tuple[np.ndarray, int, np.ndarray]] = []
+    pull_rows = client.pull_rows
+
+    def spy(rows: np.ndarray) -> tuple[int, np.ndarray]:
+        pulls.append((rows.copy(), a.version, a.loaded_at[rows].copy()))
+        return pull_rows(rows)
+
+    client.pull_rows = spy  # type: ignore[method-assign]
+    a.step()
+    a.flush()
+    first = len(pulls)
+    assert first >= 1 and (pulls[0][2] < 0).all()  # never loaded
+    for _ in range(3):
+        b.step()
+        b.flush()
+    assert client.shards[0].version - a.version > 4
+    pulls.clear()
+    a.step()
+    assert pulls, "b moved rows a needs far past max_staleness: a must pull them"
+    for rows, version, loaded_at in pulls:
+        assert (loaded_at < version - 4).all()  # only stale rows
+        np.testing.assert_array_equal(a.loaded_at[rows] >= version, True)
+    assert sum(len(r) for r, _, _ in pulls) < cfg.model.buckets
+
+
+def test_row_layout_splits_a_row_state_into_each_shards_own() -> None:
+    from streamlearn.paramserver import RowLayout
+
+    model = ModelConfig(kind="hashed", buckets=10, n_classes=3)
+    learner = Learner(model, Objective(), OptimConfig())
+    rows = np.array([0, 3, 4, 9])
+    state = learner.row_state()
+    full = np.arange(np.prod(state.read(rows).shape), dtype=np.float64).reshape(2, -1)
+    layout = RowLayout.of(tuple(tuple(p.shape) for p in learner.params), learner.model.row_params(), 3)
+    parts = layout.split(rows, full)
+    assert [r.tolist() for r, _ in parts] == [[0], [0, 1], [3]]  # shards hold rows 0-2, 3-5, 6-9; own numbering
+    servers = [Shard(s, PSConfig(shards=3), model, OptimConfig()) for s in range(3)]
+    for (mine, part), server in zip(parts, servers, strict=True):
+        server.row_state().write(mine, part.astype(np.float32))
+        np.testing.assert_array_equal(server.row_state().read(mine), part)
+    np.testing.assert_array_equal(layout.merge([p for _, p in parts], [len(r) for r, _ in parts]), full)
+
+
+def test_a_row_update_survives_the_wire() -> None:
+    from streamlearn.actors import UpdateHead, pack_rows, unpack_rows
+
+    head = UpdateHead(b"\x02" * 16, seq=3, worker=1, version=77, steps=64, pull=True)
+    rows = np.array([5, 17, 2**20])
+    update = np.random.default_rng(1).normal(size=(2, 3 * 4 + 4))
+    got_head, got_rows, got = unpack_rows(pack_rows(head, rows, update), state_rows=2)
+    assert got_head == head
+    np.testing.assert_array_equal(got_rows, rows)
+    np.testing.assert_array_equal(got, update)
