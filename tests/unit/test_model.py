@@ -68,6 +68,20 @@ def test_predict_before_learn_metrics() -> None:
     assert s.kl_count == 1 and s.kl_sum > 0
 
 
+def test_kl_is_sampled_every_kl_every_micro_batches() -> None:
+    """KL(serving || current) is a smoothed gauge: one micro-batch in KL_EVERY feeds it, starting with the first."""
+    from streamlearn.learner import KL_EVERY, BatchStats
+
+    learner = Learner(ModelConfig(n_features=4, n_classes=3), Objective(), OptimConfig())
+    probs = np.array([0.2, 0.3, 0.5])
+    batch = learner.batch([Example(str(i), np.ones(4, np.float32), i % 3, True, probs=probs) for i in range(4)])
+    total = BatchStats()
+    for _ in range(2 * KL_EVERY + 1):
+        total.add(learner.gradients(batch)[1])
+    assert total.kl_count == 3 * 4 and total.kl_sum > 0
+    assert total.examples == (2 * KL_EVERY + 1) * 4
+
+
 def test_non_finite_batch_is_not_applied() -> None:
     learner = Learner(ModelConfig(n_features=2, n_classes=2), Objective(), OptimConfig())
     bad = [Example("a", np.array([np.inf, 0], np.float32), 0, True)]
