@@ -364,8 +364,8 @@ class WorkerActor:
     def ready(self) -> bool:
         return True
 
-    def step(self, drain: bool = False) -> StepResult:
-        return self.worker.step(drain)
+    def step(self, drain: bool = False, limit: int | None = None) -> StepResult:
+        return self.worker.step(drain, limit)
 
     def flush(self) -> StepResult:
         return self.worker.flush()

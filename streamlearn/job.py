@@ -140,6 +140,7 @@ class Job:
         self.checkpoints = 0
         self.lineage: Counter[tuple[int, str]] = Counter()
         self.exhausted: set[int] = set()  # embedded workers at the end of their stream
+        self._limits: dict[Any, int] = {}  # with max_events: the most records each queued step may poll
         # what the divergence guard saw at its last look: updates, (loss sum, examples), last good mark
         self._seen_updates = 0
         self._seen_loss: tuple[float, int] = (0.0, 0)
@@ -247,7 +248,7 @@ class Job:
                 if r.records:
                     last_records = time.monotonic()
                 if not self._stopping(start, last_records, self.exhausted):
-                    inflight[self.workers[w].step.remote()] = w
+                    self._send(inflight, w)
                 elif cfg.ps.mode == "sync":  # don't let the others' rounds wait for a worker that stopped
                     ray.get([s.set_workers.remote(max(1, len(inflight))) for s in self.shards])
             now = time.monotonic()
@@ -281,10 +282,28 @@ class Job:
     def _issue(self, inflight: dict[Any, int]) -> None:
         """Queue steps on every worker: two each outside sync mode, so a worker never idles while the driver
         folds its last result (the actor runs them in order); one in sync mode, where a round counts them."""
-        depth = 1 if self.cfg.ps.mode == "sync" else 2
-        for _ in range(depth):
-            for i, w in enumerate(self.workers):
-                inflight[w.step.remote()] = i
+        for _ in range(self._depth):
+            for i in range(len(self.workers)):
+                self._send(inflight, i)
+
+    @property
+    def _depth(self) -> int:
+        return 1 if self.cfg.ps.mode == "sync" else 2
+
+    def _send(self, inflight: dict[Any, int], w: int) -> None:
+        """Queue a step on worker ``w``. Near ``max_events`` a step may poll only its share of what is left
+        (at least one record), so the job stops within one record per queued step of the limit."""
+        limit = None
+        if self.cfg.stop.max_events is not None:
+            self._limits = {ref: n for ref, n in self._limits.items() if ref in inflight}
+            left = self.cfg.stop.max_events - self.totals.records - sum(self._limits.values())
+            slots = len(self.workers) * self._depth
+            if left < slots * self.cfg.max_records:
+                limit = max(1, -(-left // slots))
+        ref = self.workers[w].step.remote(False, limit)
+        inflight[ref] = w
+        if self.cfg.stop.max_events is not None:
+            self._limits[ref] = self.cfg.max_records if limit is None else limit
 
     def _stopping(self, start: float, last_records: float, exhausted: set[int]) -> bool:
         s, t = self.cfg.stop, self.totals
@@ -371,7 +390,7 @@ class Job:
         if self.cfg.ps.mode == "sync":
             ray.get([s.set_workers.remote(len(self.workers)) for s in self.shards])
         for w in waiting.values():
-            inflight[self.workers[w].step.remote()] = w
+            self._send(inflight, w)
 
     def _state(self) -> dict[str, Any]:
         shards = ray.get([s.call.remote("state") for s in self.shards])

@@ -167,12 +167,14 @@ class Worker:
 
     # -- the loop ------------------------------------------------------------
 
-    def step(self, drain: bool = False) -> StepResult:
-        """Poll once and learn from every full micro-batch; ``drain`` also learns a partial one."""
+    def step(self, drain: bool = False, limit: int | None = None) -> StepResult:
+        """Poll once (at most ``limit`` records, if given) and learn from every full micro-batch; ``drain``
+        also learns a partial one."""
         started = time.perf_counter()
         out = StepResult(self.id)
         before_counts, before_join = Counter(self.ingest.counts), self.ingest.join_counts()
-        records = [] if drain else self.source.next_batch(self.max_records)
+        n = self.max_records if limit is None else min(limit, self.max_records)
+        records = [] if drain else self.source.next_batch(n)
         out.records = len(records)
         res = self.ingest.process(records)
         if res.dead:
