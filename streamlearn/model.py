@@ -155,13 +155,12 @@ class HashedSoftmax(SoftmaxModel):
                 idx.extend(self._bucket(str(j)) for j in nz.tolist())
                 vals.extend(f[nz].tolist())
             else:
-                for name, v in f.items():
-                    idx.append(self._bucket(name))
-                    vals.append(v)
-        return (
-            torch.tensor(idx, dtype=torch.long),
-            torch.tensor(offsets, dtype=torch.long),
-            torch.tensor(vals, dtype=torch.float32),
+                idx.extend(map(self._bucket, f))
+                vals.extend(f.values())
+        return (  # numpy first: torch.tensor(list) takes several times as long
+            torch.from_numpy(np.array(idx, dtype=np.int64)),
+            torch.from_numpy(np.array(offsets, dtype=np.int64)),
+            torch.from_numpy(np.array(vals, dtype=np.float32)),
         )
 
     def forward(self, idx: torch.Tensor, offsets: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
@@ -173,7 +172,11 @@ class HashedSoftmax(SoftmaxModel):
         """(B, K) logits in numpy: per example, the value-weighted sum of its buckets' rows, plus the bias."""
         table = self.table.weight.detach().numpy()  # (buckets, K), shares memory
         out = np.zeros((len(offsets), table.shape[1]), dtype=np.float32)
-        np.add.at(out, _bags(offsets, len(idx)), table[idx] * vals[:, None])
+        full = _lengths(offsets, len(idx)) > 0  # (B,) bags with a feature: reduceat needs them
+        if full.all():
+            out = np.add.reduceat(table[idx] * vals[:, None], offsets, axis=0)
+        elif full.any():
+            out[full] = np.add.reduceat(table[idx] * vals[:, None], offsets[full], axis=0)
         return out + self.bias.detach().numpy()
 
     def param_grads(self, inputs: tuple[np.ndarray, ...], dlogits: np.ndarray) -> list[torch.Tensor]:
@@ -187,15 +190,28 @@ class HashedSoftmax(SoftmaxModel):
 
 def sum_rows(idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted unique rows of ``idx`` and ``values`` summed per row: what coalescing a sparse tensor does."""
-    rows, inverse = np.unique(idx, return_inverse=True)
-    summed = np.zeros((len(rows), *values.shape[1:]), dtype=values.dtype)
-    np.add.at(summed, inverse, values)
-    return rows, summed
+    if not len(idx):
+        return idx, values
+    order = np.argsort(idx, kind="stable")
+    ordered = idx[order]
+    new = np.empty(len(ordered), dtype=np.bool_)  # where a new row begins
+    new[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    return ordered[starts], np.add.reduceat(values[order], starts, axis=0)
+
+
+def _lengths(offsets: np.ndarray, n: int) -> np.ndarray:
+    """(B,) features per example, from the examples' (B,) start offsets into N features."""
+    out = np.empty_like(offsets)
+    out[:-1] = offsets[1:] - offsets[:-1]
+    out[-1:] = n - offsets[-1:]
+    return out
 
 
 def _bags(offsets: np.ndarray, n: int) -> np.ndarray:
     """(N,) example index of each of the N features, from the examples' (B,) start offsets."""
-    return np.repeat(np.arange(len(offsets)), np.diff(np.append(offsets, n)))
+    return np.repeat(np.arange(len(offsets)), _lengths(offsets, n))
 
 
 def build_model(cfg: ModelConfig) -> SoftmaxModel:
