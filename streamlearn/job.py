@@ -141,6 +141,7 @@ class Job:
         self.lineage: Counter[tuple[int, str]] = Counter()
         self.exhausted: set[int] = set()  # embedded workers at the end of their stream
         self._limits: dict[Any, int] = {}  # with max_events: the most records each queued step may poll
+        self._parked: set[int] = set()  # workers with no step queued: max_events is all promised
         # what the divergence guard saw at its last look: updates, (loss sum, examples), last good mark
         self._seen_updates = 0
         self._seen_loss: tuple[float, int] = (0.0, 0)
@@ -248,6 +249,8 @@ class Job:
                 if r.records:
                     last_records = time.monotonic()
                 if not self._stopping(start, last_records, self.exhausted):
+                    for parked in sorted(self._parked - {w}):  # a step came back, maybe short: promise again
+                        self._send(inflight, parked)
                     self._send(inflight, w)
                 elif cfg.ps.mode == "sync":  # don't let the others' rounds wait for a worker that stopped
                     ray.get([s.set_workers.remote(max(1, len(inflight))) for s in self.shards])
@@ -291,19 +294,23 @@ class Job:
         return 1 if self.cfg.ps.mode == "sync" else 2
 
     def _send(self, inflight: dict[Any, int], w: int) -> None:
-        """Queue a step on worker ``w``. Near ``max_events`` a step may poll only its share of what is left
-        (at least one record), so the job stops within one record per queued step of the limit."""
+        """Queue a step on worker ``w``. With ``max_events``, steps in flight never poll more than what is
+        left: a step polls at most the rest not promised to steps already queued; when nothing is left to
+        promise the worker waits (parked) for those steps to come back, possibly short. In sync mode it steps
+        with a limit of 0 instead, which still answers its round."""
         limit = None
         if self.cfg.stop.max_events is not None:
             self._limits = {ref: n for ref, n in self._limits.items() if ref in inflight}
             left = self.cfg.stop.max_events - self.totals.records - sum(self._limits.values())
-            slots = len(self.workers) * self._depth
-            if left < slots * self.cfg.max_records:
-                limit = max(1, -(-left // slots))
+            limit = max(0, min(self.cfg.max_records, left))
+            if limit == 0 and self.cfg.ps.mode != "sync":
+                self._parked.add(w)
+                return
+        self._parked.discard(w)
         ref = self.workers[w].step.remote(False, limit)
         inflight[ref] = w
-        if self.cfg.stop.max_events is not None:
-            self._limits[ref] = self.cfg.max_records if limit is None else limit
+        if limit is not None:
+            self._limits[ref] = limit
 
     def _stopping(self, start: float, last_records: float, exhausted: set[int]) -> bool:
         s, t = self.cfg.stop, self.totals

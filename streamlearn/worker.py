@@ -174,7 +174,7 @@ class Worker:
         out = StepResult(self.id)
         before_counts, before_join = Counter(self.ingest.counts), self.ingest.join_counts()
         n = self.max_records if limit is None else min(limit, self.max_records)
-        records = [] if drain else self.source.next_batch(n)
+        records = [] if drain or n <= 0 else self.source.next_batch(n)
         out.records = len(records)
         res = self.ingest.process(records)
         if res.dead:

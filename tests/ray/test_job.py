@@ -81,8 +81,7 @@ def test_checkpoint_resume_continues_exactly(ray_cluster, tmp_path) -> None:
     ck = {"dir": str(tmp_path), "every_seconds": 0.5}
     first = Job(job_config(checkpoint=ck, stop={"max_events": 3000}, max_records=500)).run()
     assert first["checkpoints"] >= 1 and first["stop_reason"] == "max_events"
-    queued = 2 * first["workers"]  # steps queued at once outside sync mode: each overshoots by at most 1 record
-    assert 3000 <= first["events_consumed"] <= 3000 + queued
+    assert first["events_consumed"] == 3000  # queued steps never poll past what is left
     second = Job(job_config(checkpoint=ck, max_records=500)).run()
     assert second["restored_from"] is not None
     cfg = job_config()
@@ -90,6 +89,14 @@ def test_checkpoint_resume_continues_exactly(ray_cluster, tmp_path) -> None:
     assert second["model_examples_by_partition"] == {str(p): n for p, n in sorted(per_partition.items())}
     n_records = sum(1 for ev in Simulator(cfg.sim, cfg.data).events() if isinstance(ev, Prediction)) * 2
     assert first["events_consumed"] + second["events_consumed"] == n_records
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_max_events_stops_at_exactly_that_many_records(ray_cluster, mode: str) -> None:
+    """Steps queued on two workers share what is left of --max-events: none polls past it, and in sync mode
+    a worker with nothing left still steps, answering its rounds."""
+    s = Job(job_config(workers=2, partitions=2, ps={"mode": mode}, stop={"max_events": 1001}, max_records=300)).run()
+    assert (s["events_consumed"], s["stop_reason"]) == (1001, "max_events")
 
 
 def test_mixed_for_100k_events_raises_no_divergence_in_the_job(ray_cluster) -> None:
