@@ -57,8 +57,11 @@ STALE_POLICIES = ("drop", "downweight")
 class PSConfig:
     mode: str = "async"  # sync | async | bounded
     shards: int = 1  # parameter-server actors, each holding a row range of every parameter
-    # bounded: other workers' gradients a gradient may not have seen (two of their pushes at the default)
-    max_staleness: int = 128
+    # bounded: other workers' gradients a gradient may not have seen. A pipelined push starts from the reply
+    # to the push before last, so with 2 workers ~2 foreign pushes (128 gradients) is the steady state; at
+    # 128 the bound dropped ~15% of them, at 256 (four pushes) only stragglers. Sparse models: also how old
+    # a row may be before a worker pulls it again
+    max_staleness: int = 256
     stale_policy: str = "drop"  # bounded: drop | downweight gradients past max_staleness
     sync_timeout_seconds: float = 5.0  # sync: a round closes after this long even if a worker is silent
     # async/bounded: micro-batches per push (their steps' update, or their gradients); 64 keeps a push's Ray
