@@ -237,6 +237,7 @@ _PRED = struct.Struct("<iq")
 _FB = struct.Struct("<Bif")
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
+_U8 = struct.Struct("<B")
 _F32 = struct.Struct("<f")
 _I32 = struct.Struct("<i")
 
@@ -261,8 +262,9 @@ class _Reader:
         self.pos += n
         return out
 
-    def floats(self, n: int) -> np.ndarray:
-        return np.frombuffer(self.raw(4 * n), dtype="<f4").astype(np.float32)
+    def floats(self, n: int, dtype: type = np.float32) -> np.ndarray:
+        """n little-endian float32s, as a new (writable) array of ``dtype``."""
+        return np.frombuffer(self.raw(4 * n), dtype="<f4").astype(dtype)
 
     def text(self) -> str:
         (n,) = self.take(_U16)
@@ -278,7 +280,7 @@ def _decode_binary(raw: bytes, kind: Kind, schema: Schema) -> list[Event]:
     events: list[Event] = []
     want = 1 if kind == "prediction" else 2
     for _ in range(count):
-        (k,) = r.take(struct.Struct("<B"))
+        (k,) = r.take(_U8)
         if k != want:
             raise DecodeError("wrong_kind", f"a {kind} topic record holds event kind {k}")
         ident = r.text()
@@ -291,9 +293,7 @@ def _decode_binary(raw: bytes, kind: Kind, schema: Schema) -> list[Event]:
             pred, version = r.take(_PRED)
             features = _bin_features(r, schema)
             (n_probs,) = r.take(_U16)
-            probs = None
-            if n_probs:
-                probs = _probs(r.floats(n_probs).astype(np.float64).tolist(), schema)
+            probs = _bin_probs(r, n_probs, schema) if n_probs else None
             events.append(
                 Prediction(ident, ts, features, _class(pred, schema, "prediction"),
                            None if version < 0 else version, probs)
@@ -321,8 +321,18 @@ def _decode_binary(raw: bytes, kind: Kind, schema: Schema) -> list[Event]:
     return events
 
 
+def _bin_probs(r: _Reader, n: int, schema: Schema) -> np.ndarray:
+    """What :func:`_probs` checks, on the array: the class count, finite, >= 0."""
+    if n != schema.n_classes:
+        raise DecodeError("bad_probs", f"'probs' must be a list of {schema.n_classes} numbers")
+    arr = r.floats(n, np.float64)
+    if not (arr.min() >= 0 and arr.max() < math.inf):  # a NaN fails the first comparison
+        raise DecodeError("bad_probs", "'probs' must be finite and >= 0")
+    return arr
+
+
 def _bin_features(r: _Reader, schema: Schema) -> Features:
-    (tag,) = r.take(struct.Struct("<B"))
+    (tag,) = r.take(_U8)
     (n,) = r.take(_U32)
     if tag == 0:
         if n != schema.n_features:
