@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -260,6 +260,7 @@ class JobRun:
     peak_rss_ray: int
     stamps: list[Stamp] = field(default_factory=list)
     profile: dict[str, Any] = field(default_factory=dict)  # py-spy findings when asked for
+    cpu_cores: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds / window seconds
 
     @property
     def events_per_second(self) -> float:
@@ -277,7 +278,17 @@ def _timed_job_class() -> type:
         stamps: list[Stamp]
         ready: float
         pids: list[int]  # workers', then shards' processes
+        procs: list[psutil.Process]
         ready_event = threading.Event()
+        cpu: tuple[dict[str, float], dict[str, float]]  # CPU seconds by role when ready, at the last record
+
+        def _cpu(self) -> dict[str, float]:
+            """User + system CPU seconds so far: the driver, the workers together, the shards together."""
+            out = {"driver": sum(psutil.Process().cpu_times()[:2]), "workers": 0.0, "servers": 0.0}
+            for i, proc in enumerate(self.procs):
+                with suppress(psutil.Error):
+                    out["workers" if i < len(self.workers) else "servers"] += sum(proc.cpu_times()[:2])
+            return out
 
         def _build(self) -> None:
             super()._build()
@@ -286,12 +297,16 @@ def _timed_job_class() -> type:
             self.pids = ray.get([a.__ray_call__.remote(lambda _self: os.getpid())
                                  for a in [*self.workers, *self.shards]])
             self.stamps = []
+            self.procs = [psutil.Process(pid) for pid in self.pids]
+            start = self._cpu()
+            self.cpu = (start, start)
             self.ready = time.perf_counter()
             self.ready_event.set()
 
         def _fold(self, r: Any) -> None:
             if r.records:
                 self.stamps.append(Stamp(time.perf_counter(), r.worker, r.records))
+                self.cpu = (self.cpu[0], self._cpu())  # ~0.1 ms, once per step result
             super()._fold(r)
 
     return TimedJob
@@ -344,7 +359,11 @@ def run_job(cfg: Any, topics: Topics, profile: float = 0.0) -> JobRun:
         thread.join(timeout=profile + 60)
     stamps = getattr(job, "stamps", [])
     events, seconds = window(getattr(job, "ready", 0.0), stamps, topics.events_per_record)
-    return JobRun(summary, job.weights, events, seconds, wall, rss.peak_job, rss.peak_all, stamps, found)
+    cores: dict[str, float] = {}
+    if seconds > 0 and hasattr(job, "cpu"):
+        start, end = job.cpu
+        cores = {role: round((end[role] - start[role]) / seconds, 2) for role in start}
+    return JobRun(summary, job.weights, events, seconds, wall, rss.peak_job, rss.peak_all, stamps, found, cores)
 
 
 def heldout_accuracy(model_cfg: Any, weights: list[torch.Tensor], data: Any) -> float:

@@ -17,6 +17,9 @@ on one local Ray (``num_cpus`` 2) started once, and prints one JSON line:
   in push calls (sending, and waiting for replies not yet there);
   ``push_wait_fraction``: the waiting part alone (in sync mode, for the round
   to close); ``push_to_compute``: push seconds / the gradient compute seconds.
+* ``cpu_cores``: CPU seconds (user + system) over the window, per window
+  second, of the workers together, the servers together and the driver: on
+  2 cores, what is left for the broker and Ray.
 * ``heldout_accuracy``: the final weights (``job.weights``) scored on
   ``Dataset(DataConfig()).heldout()`` with ``streamlearn.evaluate.heldout_scores``.
 
@@ -98,23 +101,28 @@ def measure(row: Row, topics: harness.Topics, data: DataConfig) -> dict[str, Any
         "heldout_accuracy": harness.heldout_accuracy(cfg.model, run.weights, data),
         "progressive_accuracy": s["progressive_accuracy"], "updates": s["updates"],
         "stale_dropped": s["stale_dropped"], "complete": s["events_consumed"] == topics.records,
-        "stop_reason": s["stop_reason"],
+        "stop_reason": s["stop_reason"], "cpu_cores": run.cpu_cores,
     }
+
+
+def _cores(cores: dict[str, float]) -> str:
+    return ", ".join(f"{cores[k]:.2f}" for k in ("workers", "servers", "driver") if k in cores)
 
 
 def render(lines: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str, Any]) -> str:
     head = ("| row | events/s (median) | all runs | push_fraction | of which waiting | push / compute | "
-            "peak RSS driver+actors (MB) | + Ray processes (MB) | held-out acc | updates | stale dropped |")
+            "peak RSS driver+actors (MB) | + Ray processes (MB) | held-out acc | updates | stale dropped | "
+            "CPU cores: workers, servers, driver |")
     out = [f"Ray throughput, {meta['date']}, {meta['machine']}; {meta['events']} events (JSON, digits, "
            f"random policy), {meta['partitions']} partitions; `{meta['command']}`", "", head,
-           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in lines:
         flag = "" if r["complete"] else " (incomplete)"
         runs = ", ".join(f"{x:,}" for x in r["all_events_per_second"])
         out.append(f"| {r['row']}{flag} | {r['events_per_second']:,} | {runs} | {r['push_fraction']} | "
                    f"{r['push_wait_fraction']} | {r['push_to_compute']} | {r['peak_rss_mb']:,.0f} | "
                    f"{r['peak_rss_ray_mb']:,.0f} | {r['heldout_accuracy']:.3f} | "
-                   f"{r['updates']:,} | {r['stale_dropped']:,} |")
+                   f"{r['updates']:,} | {r['stale_dropped']:,} | {_cores(r.get('cpu_cores', {}))} |")
     out += ["", "Summary: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "bench")]
     return "\n".join(out) + "\n"
 
