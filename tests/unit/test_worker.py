@@ -207,13 +207,14 @@ def test_sparse_gradients_survive_the_wire() -> None:
                 torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 
-def _hashed_job(workers: int, shards: int, **ps: object) -> tuple[JobConfig, LocalParamClient, list]:
+def _hashed_job(workers: int, shards: int, buckets: int = 1 << 10, **ps: object) -> tuple[JobConfig, LocalParamClient,
+                                                                                         list]:
     from streamlearn.simulate import DataConfig
 
     cfg = JobConfig(workers=workers, partitions=workers, max_records=300, n_features=200,
-                    model=ModelConfig(kind="hashed", n_features=200, buckets=1 << 10),
+                    model=ModelConfig(kind="hashed", n_features=200, buckets=buckets),
                     data=DataConfig("synthetic", 200, 10, sparse_active=12), sim=SimConfig(events=6000),
-                    ps=PSConfig(mode="async", shards=shards, grads_per_push=2, **ps))  # type: ignore[arg-type]
+                    ps=PSConfig(**{"mode": "async", "shards": shards, "grads_per_push": 2, **ps}))  # type: ignore[arg-type]
     client = LocalParamClient([Shard(i, cfg.ps, cfg.model, cfg.optim) for i in range(shards)])
     return cfg, client, [build_worker(cfg, w, [w], client) for w in range(workers)]
 
@@ -320,3 +321,26 @@ def test_a_row_update_survives_the_wire() -> None:
     assert got_head == head
     np.testing.assert_array_equal(got_rows, rows)
     np.testing.assert_array_equal(got, update)
+
+
+def test_a_dropped_sparse_update_leaves_the_replica_at_the_servers_rows() -> None:
+    """Bounded mode drops a stale row update whole; merging its reply takes the worker's own steps on those
+    rows back out of its replica, so replica and servers agree again, and its examples are not credited."""
+    # 64 buckets: every row a's groups need was loaded within the bound, so a pushes without pulling first
+    cfg, client, (a, b) = _hashed_job(2, 1, buckets=64, mode="bounded", max_staleness=30)
+    for _ in range(4):
+        a.step()
+    a.flush()
+    assert (a.loaded_at >= 0).all()  # a has every row
+    before = client.shards[0].version
+    for _ in range(6):
+        b.step()
+    b.flush()
+    assert client.shards[0].version - before > 30  # gradients a has not seen
+    r = a.step()
+    r.dropped += a.flush().dropped
+    assert r.dropped > 0 and r.dropped_examples == r.dropped * cfg.optim.batch_size
+    every = np.arange(64)
+    np.testing.assert_allclose(a.learner.row_state().read(every), _server_rows(client, every), rtol=0, atol=1e-6)
+    applied = sum(sum(w.applied.values()) for w in (a, b))
+    assert applied == client.shards[0].version * cfg.optim.batch_size
