@@ -234,6 +234,10 @@ class _Pending:
     def result(self) -> tuple[PushResult, Any]:
         return self.finish(ray.get(self.refs))
 
+    def done(self) -> bool:
+        ready, _ = ray.wait(self.refs, num_returns=len(self.refs), timeout=0, fetch_local=False)
+        return len(ready) == len(self.refs)
+
 
 # -- an update push on the wire ----------------------------------------------------
 # Ray serialises each argument of a call on its own, ~15-20 us apiece for small ones, and a bytes

@@ -378,9 +378,13 @@ class Done:
     """A push that already happened (in process): its reply."""
 
     reply: tuple[PushResult, Any]
+    ready: bool = False  # what done() says: False keeps the worker's pipelined path (a push in flight)
 
     def result(self) -> tuple[PushResult, Any]:
         return self.reply
+
+    def done(self) -> bool:
+        return self.ready
 
 
 class LocalParamClient:
@@ -388,13 +392,17 @@ class LocalParamClient:
 
     For tests and single-process runs; the Ray client is
     :class:`streamlearn.actors.RayParamClient`. Replies have the Ray
-    client's shapes: a dense model's flat state, a sparse model's weights.
+    client's shapes: a dense model's flat state, a sparse model's rows.
+    ``replies_ready``: whether a push's reply reports itself there before the
+    worker's next group (a Ray reply usually is; False exercises the worker's
+    merge with a push still in flight).
     """
 
-    def __init__(self, shards: Sequence[Shard]) -> None:
+    def __init__(self, shards: Sequence[Shard], replies_ready: bool = False) -> None:
         if any(s.cfg.mode == "sync" for s in shards):
             raise ValueError("LocalParamClient: sync rounds need the Ray actor (it waits for every worker)")
         self.shards = list(shards)
+        self.replies_ready = replies_ready
         self.layout = Layout(self.shards[0].shapes, len(self.shards))
         self.sparse = bool(self.shards[0].sparse)
         if self.sparse:
@@ -408,14 +416,14 @@ class LocalParamClient:
                       pull: bool = False) -> Done:
         results = [s.add_update(u, count, version) for s, u in zip(self.shards, self.layout.split(update),
                                                                    strict=True)]
-        return Done((results[0], self.pull(None)[1] if pull else None))
+        return Done((results[0], self.pull(None)[1] if pull else None), self.replies_ready)
 
     def submit_rows(self, worker: int, rows: np.ndarray, update: np.ndarray, count: int, version: int) -> Done:
         parts = self.rows_layout.split(rows, update)
         results = [s.add_update(u, count, version, r) for s, (r, u) in zip(self.shards, parts, strict=True)]
         state = self.rows_layout.merge([s.row_state().read(r) for s, (r, _) in zip(self.shards, parts, strict=True)],
                                        [len(r) for r, _ in parts])
-        return Done((results[0], state))
+        return Done((results[0], state), self.replies_ready)
 
     def pull_rows(self, rows: np.ndarray) -> tuple[int, np.ndarray]:
         parts = self.rows_layout.cut(rows)

@@ -13,18 +13,20 @@ from streamlearn.paramserver import Layout, LocalParamClient, PSConfig, Shard
 from streamlearn.simulate import SimConfig
 
 
+@pytest.mark.parametrize("ready", [False, True])
 @pytest.mark.parametrize("shards", [1, 2])
-def test_replicas_track_the_servers_across_pipelined_pushes(shards: int) -> None:
+def test_replicas_track_the_servers_across_pipelined_pushes(shards: int, ready: bool) -> None:
     """Once flushed, the replica holds exactly the servers' weights and Adagrad accumulators.
 
     Each step sends several updates, each reply merged as a delta while the next
     push is in flight (and the last one stays in flight into the next step): a
     delta counted twice (or lost) leaves the replica off the servers by the
-    other worker's updates.
+    other worker's updates. ``ready``: replies there before the next group, which the worker then
+    settles first (its group starts from fresher weights).
     """
     cfg = JobConfig(workers=2, partitions=2, max_records=300, sim=SimConfig(events=6000),
                     ps=PSConfig(mode="async", shards=shards, grads_per_push=2))
-    client = LocalParamClient([Shard(i, cfg.ps, cfg.model, cfg.optim) for i in range(shards)])
+    client = LocalParamClient([Shard(i, cfg.ps, cfg.model, cfg.optim) for i in range(shards)], ready)
     workers = [build_worker(cfg, w, [w], client) for w in range(2)]
     multi_push_steps = 0
     for _ in range(12):
