@@ -35,6 +35,7 @@ class ParamServerActor:
         self.sparse = self.shard.sparse
         self._closed = asyncio.Event()
         self._round = 0
+        self._deadline: asyncio.TimerHandle | None = None  # the open round's timeout
         self._round_size = 0
         self._order = InOrder()
         self._width = sum(p.numel() for p in self.shard.params)  # columns of this shard's flat state
@@ -48,8 +49,9 @@ class ParamServerActor:
         grads = self._unpack(grads)
         self.shard.add_to_round(worker, grads[0] if grads else None, norms[0] if norms else 0.0)
         closed, round_id = self._closed, self._round
-        if len(self.shard.round) == 1:
-            asyncio.get_running_loop().create_task(self._timeout(round_id))
+        if len(self.shard.round) == 1:  # a timer, not a sleeping task per round: rounds close in ~1 ms
+            self._deadline = asyncio.get_running_loop().call_later(self.cfg.sync_timeout_seconds, self._timeout,
+                                                                   round_id)
         if len(self.shard.round) >= self.workers:
             self._close_round()
         await closed.wait()
@@ -94,13 +96,15 @@ class ParamServerActor:
         return out
 
     def _close_round(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         self._round_size = self.shard.close_round()
         self._round += 1
         self._closed.set()
         self._closed = asyncio.Event()
 
-    async def _timeout(self, round_id: int) -> None:
-        await asyncio.sleep(self.cfg.sync_timeout_seconds)
+    def _timeout(self, round_id: int) -> None:
         if self._round == round_id and self.shard.round:
             self._close_round()
 

@@ -105,3 +105,25 @@ def test_mixed_for_100k_events_raises_no_divergence_in_the_job(ray_cluster) -> N
     summary = Job(cfg).run()
     assert summary["divergence_events"] == {} and summary["rollbacks"] == 0
     assert summary["heldout_accuracy"] > 0.95
+
+
+def test_sync_round_closes_without_a_silent_worker(ray_cluster) -> None:
+    """Sync mode: a round waits for every worker's gradient, but a silent one cannot stall it: the round
+    closes sync_timeout_seconds after it opened, with the gradients it has."""
+    import ray
+
+    from streamlearn.actors import ParamServerActor, _pack
+    from streamlearn.learner import OptimConfig
+    from streamlearn.model import ModelConfig
+    from streamlearn.paramserver import PSConfig
+
+    model = ModelConfig(n_features=4, n_classes=3)
+    server = ParamServerActor.remote(0, PSConfig(mode="sync", sync_timeout_seconds=1.0), model, OptimConfig(), 2)
+    grads = _pack([[torch.ones(3, 4), torch.ones(3)]])
+    ref = server.push.remote(0, grads, 0, [1.0], True, "worker-0", 1)
+    ready, _ = ray.wait([ref], timeout=0.3)
+    assert not ready, "the round closed before the other worker or the timeout"
+    result, weights = ray.get(ref, timeout=60)
+    assert (result.applied, result.version) == (1, 1)
+    assert weights is not None and (weights[0] < 0).all()  # one Adagrad step against an all-ones gradient
+    ray.kill(server)
