@@ -247,6 +247,7 @@ class Stamp:
     t: float
     worker: int
     records: int
+    step_seconds: float = 0.0
 
 
 @dataclass
@@ -261,6 +262,7 @@ class JobRun:
     stamps: list[Stamp] = field(default_factory=list)
     profile: dict[str, Any] = field(default_factory=dict)  # py-spy findings when asked for
     cpu_cores: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds / window seconds
+    busy: float = math.nan  # the workers' Worker.step seconds in the window / (window seconds x workers)
 
     @property
     def events_per_second(self) -> float:
@@ -305,7 +307,7 @@ def _timed_job_class() -> type:
 
         def _fold(self, r: Any) -> None:
             if r.records:
-                self.stamps.append(Stamp(time.perf_counter(), r.worker, r.records))
+                self.stamps.append(Stamp(time.perf_counter(), r.worker, r.records, r.step_seconds))
                 self.cpu = (self.cpu[0], self._cpu())  # ~0.1 ms, once per step result
             super()._fold(r)
 
@@ -363,7 +365,9 @@ def run_job(cfg: Any, topics: Topics, profile: float = 0.0) -> JobRun:
     if seconds > 0 and hasattr(job, "cpu"):
         start, end = job.cpu
         cores = {role: round((end[role] - start[role]) / seconds, 2) for role in start}
-    return JobRun(summary, job.weights, events, seconds, wall, rss.peak_job, rss.peak_all, stamps, found, cores)
+    busy = sum(s.step_seconds for s in stamps) / (seconds * len(job.workers)) if seconds > 0 else math.nan
+    return JobRun(summary, job.weights, events, seconds, wall, rss.peak_job, rss.peak_all, stamps, found, cores,
+                  round(busy, 3))
 
 
 def heldout_accuracy(model_cfg: Any, weights: list[torch.Tensor], data: Any) -> float:

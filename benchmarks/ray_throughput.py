@@ -17,6 +17,8 @@ on one local Ray (``num_cpus`` 2) started once, and prints one JSON line:
   in push calls (sending, and waiting for replies not yet there);
   ``push_wait_fraction``: the waiting part alone (in sync mode, for the round
   to close); ``push_to_compute``: push seconds / the gradient compute seconds.
+* ``workers_busy``: the workers' time inside ``Worker.step`` over the window,
+  per worker: below 1 they wait between steps (for the driver, Ray's dispatch).
 * ``cpu_cores``: CPU seconds (user + system) over the window, per window
   second, of the workers together, the servers together and the driver: on
   2 cores, what is left for the broker and Ray.
@@ -101,7 +103,7 @@ def measure(row: Row, topics: harness.Topics, data: DataConfig) -> dict[str, Any
         "heldout_accuracy": harness.heldout_accuracy(cfg.model, run.weights, data),
         "progressive_accuracy": s["progressive_accuracy"], "updates": s["updates"],
         "stale_dropped": s["stale_dropped"], "complete": s["events_consumed"] == topics.records,
-        "stop_reason": s["stop_reason"], "cpu_cores": run.cpu_cores,
+        "stop_reason": s["stop_reason"], "cpu_cores": run.cpu_cores, "workers_busy": run.busy,
     }
 
 
