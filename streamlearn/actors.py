@@ -21,7 +21,8 @@ import torch
 from streamlearn.learner import OptimConfig
 from streamlearn.model import ModelConfig, build_model
 from streamlearn.paramserver import InOrder, Layout, PSConfig, PushResult, RowLayout, Shard, split
-from streamlearn.worker import StepResult, Weights, WeightUpdate, tune_gc
+from streamlearn.replica import WeightUpdate
+from streamlearn.worker import StepResult, Weights, tune_gc
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)

@@ -28,7 +28,7 @@ driver calls it before a checkpoint or a recovery, and a draining step does),
 and a step's result credits only settled pushes. A reply's weights are merged
 as a delta, ``replica += server - replica_at_push`` (accumulators too), so the
 worker keeps its own newer local steps and one worker still reproduces the
-single-process loop.
+single-process loop (the merges: :mod:`streamlearn.replica`).
 """
 
 from __future__ import annotations
@@ -49,15 +49,13 @@ from streamlearn.events import Example
 from streamlearn.ingest import DeadLetter, Ingest
 from streamlearn.learner import BatchStats, Learner
 from streamlearn.paramserver import PSConfig, PushResult
+from streamlearn.replica import Replica, WeightUpdate
 from streamlearn.source import EventSource, TopicPartition
 
 log = logging.getLogger(__name__)
 
-_NEVER = np.iinfo(np.int64).min // 2  # loaded_at of a row never loaded
 LOSS_SAMPLE = 64  # per-example losses a step reports for the loss histogram (a sample: cheap)
 
-# a sparse model's weights: param index -> full tensor, or (rows (R,), values (R, ...)) for the rows asked
-WeightUpdate = dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 # what a pull brings: a dense model's flat state (weights and accumulators, learner.FlatState), or the above
 Weights = np.ndarray | WeightUpdate
 
@@ -167,8 +165,7 @@ class Worker:
         # outside sync mode, push updates (not gradients): a dense model's flat state, a sparse one's rows
         self.updates = not learner.model.sparse and ps_cfg.mode != "sync"
         self.row_updates = learner.model.sparse and ps_cfg.mode != "sync"
-        # a sparse model's rows: the server version each was last loaded at (pulled, or in a reply)
-        self.loaded_at = np.full(self._n_rows(), _NEVER, dtype=np.int64) if self.row_updates else None
+        self.replica = Replica(learner, self.row_updates)  # merges replies and pulls into the learner's model
         self.clip_norm: float | None = None  # the servers' gradient clip, from their last reply
 
     # -- the loop ------------------------------------------------------------
@@ -237,7 +234,7 @@ class Worker:
         elif self._pull_due():
             self._pull(prepared, out)
         local = self.cfg.mode != "sync"
-        before = self._state(rows) if self.updates or self.row_updates else None
+        before = self.replica.state(rows) if self.updates or self.row_updates else None
         grads, norms, kept = [], [], []
         for b, p in zip(batches, prepared, strict=True):
             g, stats = self.learner.gradients(p)
@@ -256,18 +253,11 @@ class Worker:
         if kept and before is None:
             self._push(grads, norms, kept, out, pull=self._pull_due(after_push=True))
         elif kept:
-            after = self._state(rows)  # the update, and the base of the reply's merge
+            after = self.replica.state(rows)  # the update, and the base of the reply's merge
             self._push(after - before, norms, kept, out, pull=self._pull_due(after_push=True), state=after, rows=rows)
         elif out.stats.skipped and not self.learner.model.sparse \
                 and not np.isfinite(self.learner.flat().read()).all():
             self._resync(out)
-
-    def _state(self, rows: np.ndarray | None) -> np.ndarray:
-        """The replica's state (float64) that an update is a change of: a dense model's flat state, or a
-        sparse model's on ``rows``."""
-        if rows is None:
-            return self.learner.flat().read(np.float64)
-        return self.learner.row_state().read(rows, np.float64)
 
     def _resync(self, out: StepResult) -> None:
         """The replica holds non-finite numbers, so every batch fails and nothing is pushed (nor pulled):
@@ -284,7 +274,7 @@ class Worker:
         ``state``: the replica's state (float64) now, if the caller has just read it; ``rows``: a sparse
         model's update is on these rows."""
         t = time.perf_counter()
-        base = (self._state(rows) if state is None else state) if pull else None
+        base = (self.replica.state(rows) if state is None else state) if pull else None
         # the replica already holds our own earlier gradients since the last pull
         version = self.version + self.local_since_pull
         if rows is not None and isinstance(payload, np.ndarray):
@@ -352,11 +342,10 @@ class Worker:
         """A sparse model: pull the rows a group needs that the replica last loaded more than
         ``max_staleness`` versions ago (or never), so that no row a gradient reads is older than that.
         Rows a worker keeps touching come back fresh in every push's reply; this is for the others."""
-        assert self.loaded_at is not None
-        stale = rows[self.loaded_at[rows] < self.version - self.cfg.max_staleness]
+        stale = self.replica.stale(rows, self.version, self.cfg.max_staleness)
         if len(stale) and self._inflight is not None:
             self._settle(self._inflight, out)  # so that the servers' rows include every own step
-            stale = rows[self.loaded_at[rows] < self.version - self.cfg.max_staleness]  # its reply refreshed some
+            stale = self.replica.stale(rows, self.version, self.cfg.max_staleness)  # its reply refreshed some
         if not len(stale):
             return
         version, state = self.ps.pull_rows(stale)
@@ -379,72 +368,21 @@ class Worker:
         """Take the servers' weights (which include ``sent`` own gradients, default all); with ``base``
         (the replica's state when the push went out) as a delta on top of the own steps taken since.
         ``rows``: a sparse model's row state on those rows."""
+        inflight = self._inflight
         if rows is not None and isinstance(update, np.ndarray):
-            drift = self._load_row_state(rows, update, base, version)
+            theirs = None if inflight is None or inflight.base is None or inflight.rows is None else \
+                (inflight.base, inflight.rows)
+            drift = self.replica.load_row_state(rows, update, base, version, theirs)
         elif isinstance(update, np.ndarray):
-            drift = self._load_flat(update, base)
+            drift = self.replica.load_flat(update, base, None if inflight is None else inflight.base)
         else:
-            drift = self._load_rows(update)
+            drift = self.replica.load_weights(update)
         if self._pulled_once:
             out.replica_drift = drift**0.5
         self._pulled_once = True
         self.version = version
         self.pushes_since_pull = 0
         self.sent_at_pull = self.sent if sent is None else sent
-
-    def _load_flat(self, state: np.ndarray, base: np.ndarray | None) -> float:
-        """A dense model: the servers' flat state, copied or (with ``base``) merged as a delta. Returns the
-        squared distance the weights moved.
-
-        The push in flight, if any, had its base taken before this merge: it moves by exactly what the
-        replica moved (after float32 rounding), so replica - base stays the worker's own steps since, and
-        the accumulators, sums of squares, stay >= 0 (a base off by a rounding error once left one at
-        -6e-15, and the next Adagrad step took its square root).
-        """
-        flat = self.learner.flat()
-        current = flat.read(np.float64)
-        merged = state.astype(np.float32) if base is None else (current + (state - base)).astype(np.float32)
-        np.maximum(merged[1:], 0, out=merged[1:])  # accumulators: a rounding error must not go negative
-        flat.write(merged)
-        moved = merged[0] - current[0]
-        if base is not None and self._inflight is not None and self._inflight.base is not None:
-            self._inflight.base += merged - current
-        return float(np.dot(moved, moved))
-
-    def _load_row_state(self, rows: np.ndarray, state: np.ndarray, base: np.ndarray | None, version: int) -> float:
-        """A sparse model: the servers' state on ``rows``, copied or merged as a delta (as :meth:`_load_flat`
-        does); the push in flight moves by what its rows and the dense parameters moved."""
-        assert self.loaded_at is not None
-        rs = self.learner.row_state()
-        current = rs.read(rows, np.float64)
-        merged = state.astype(np.float32) if base is None else (current + (state - base)).astype(np.float32)
-        np.maximum(merged[1:], 0, out=merged[1:])
-        rs.write(rows, merged)
-        change = merged - current
-        inflight = self._inflight
-        if base is not None and inflight is not None and inflight.base is not None and inflight.rows is not None:
-            _, mine, theirs = np.intersect1d(rows, inflight.rows, assume_unique=True, return_indices=True)
-            cols = np.arange(rs.cols)
-            inflight.base[:, (theirs[:, None] * rs.cols + cols).ravel()] += \
-                change[:, (mine[:, None] * rs.cols + cols).ravel()]
-            inflight.base[:, len(inflight.rows) * rs.cols :] += change[:, len(rows) * rs.cols :]
-        self.loaded_at[rows] = version
-        return float(np.dot(change[0], change[0]))
-
-    def _load_rows(self, update: WeightUpdate) -> float:
-        """A sparse model: the rows asked for, and its dense parameters whole."""
-        params = list(self.learner.model.parameters())
-        drift = 0.0
-        with torch.no_grad():
-            for i, value in update.items():
-                if isinstance(value, tuple):
-                    r, v = value
-                    drift += float(((params[i][r] - v).double() ** 2).sum())
-                    params[i][r] = v
-                else:
-                    drift += float(((params[i] - value).double() ** 2).sum())
-                    params[i].copy_(value)
-        return drift
 
     # -- checkpoints ----------------------------------------------------------
 
@@ -465,10 +403,4 @@ class Worker:
         self.applied = Counter(state["applied"])
         self._pulled_once = False
         self._inflight = None
-        if self.loaded_at is not None:
-            self.loaded_at[:] = _NEVER
-
-    def _n_rows(self) -> int:
-        """Rows of a sparse model's row parameters."""
-        params = self.learner.params
-        return params[min(self.learner.model.row_params())].shape[0]
+        self.replica.forget()

@@ -242,7 +242,7 @@ def test_sparse_replicas_track_the_servers_on_the_rows_they_push(shards: int) ->
             r = w.step()
             multi_push_steps += r.pushes >= 2
             w.flush()
-            fresh = every[w.loaded_at == w.version]  # the last reply's rows
+            fresh = every[w.replica.loaded_at == w.version]  # the last reply's rows
             assert 0 < len(fresh) < n_rows
             state = w.learner.row_state()
             np.testing.assert_allclose(state.read(fresh), _server_rows(client, fresh), rtol=0, atol=1e-6)
@@ -274,7 +274,7 @@ def test_a_sparse_worker_pulls_rows_it_has_not_loaded_within_max_staleness() -> 
     pull_rows = client.pull_rows
 
     def spy(rows: np.ndarray) -> tuple[int, np.ndarray]:
-        pulls.append((rows.copy(), a.version, a.loaded_at[rows].copy()))
+        pulls.append((rows.copy(), a.version, a.replica.loaded_at[rows].copy()))
         return pull_rows(rows)
 
     client.pull_rows = spy  # type: ignore[method-assign]
@@ -291,7 +291,7 @@ def test_a_sparse_worker_pulls_rows_it_has_not_loaded_within_max_staleness() -> 
     assert pulls, "b moved rows a needs far past max_staleness: a must pull them"
     for rows, version, loaded_at in pulls:
         assert (loaded_at < version - 4).all()  # only stale rows
-        np.testing.assert_array_equal(a.loaded_at[rows] >= version, True)
+        np.testing.assert_array_equal(a.replica.loaded_at[rows] >= version, True)
     assert sum(len(r) for r, _, _ in pulls) < cfg.model.buckets
 
 
@@ -333,7 +333,7 @@ def test_a_dropped_sparse_update_leaves_the_replica_at_the_servers_rows() -> Non
     for _ in range(4):
         a.step()
     a.flush()
-    assert (a.loaded_at >= 0).all()  # a has every row
+    assert (a.replica.loaded_at >= 0).all()  # a has every row
     before = client.shards[0].version
     for _ in range(6):
         b.step()
