@@ -40,6 +40,7 @@ class ParamServerActor:
         self._round_size = 0
         self._order = InOrder()
         self._width = sum(p.numel() for p in self.shard.params)  # columns of this shard's flat state
+        self._state_rows = len(self.shard.flat().rows)  # weights, and Adagrad's sums if any
 
     async def push(self, worker: int, grads: Any, version: int, norms: Sequence[float],
                    pull: bool = False, client: str = "", seq: int = 0) -> tuple[PushResult, Weights | None]:
@@ -71,7 +72,7 @@ class ParamServerActor:
     async def push_rows(self, message: bytes) -> bytes:
         """A sparse model's update (async, bounded), packed by :func:`pack_rows`: added to its rows; the
         reply, packed by :func:`pack_reply`, carries those rows' state after."""
-        head, rows, update = unpack_rows(message, len(self.shard.flat().rows))
+        head, rows, update = unpack_rows(message, self._state_rows)
         await self._order.turn(head.client.hex(), head.seq)
         result = self.shard.add_update(update, head.steps, head.version, rows)
         return pack_reply(result, self.shard.row_state().read(rows))

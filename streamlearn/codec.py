@@ -222,8 +222,11 @@ def _probs(value: object, schema: Schema) -> np.ndarray | None:
     for v in value:
         if type(v) is not float and type(v) is not int:
             raise DecodeError("bad_probs", "'probs' must hold numbers")
-    arr = np.asarray([_float(v) for v in value], dtype=np.float64)
-    if not np.isfinite(arr).all() or (arr < 0).any():
+    return _checked_probs(np.asarray([_float(v) for v in value], dtype=np.float64))
+
+
+def _checked_probs(arr: np.ndarray) -> np.ndarray:
+    if not (arr.min() >= 0 and arr.max() < math.inf):  # a NaN fails the first comparison
         raise DecodeError("bad_probs", "'probs' must be finite and >= 0")
     return arr
 
@@ -322,13 +325,10 @@ def _decode_binary(raw: bytes, kind: Kind, schema: Schema) -> list[Event]:
 
 
 def _bin_probs(r: _Reader, n: int, schema: Schema) -> np.ndarray:
-    """What :func:`_probs` checks, on the array: the class count, finite, >= 0."""
+    """What :func:`_probs` checks, read from binary: the class count, finite, >= 0."""
     if n != schema.n_classes:
         raise DecodeError("bad_probs", f"'probs' must be a list of {schema.n_classes} numbers")
-    arr = r.floats(n, np.float64)
-    if not (arr.min() >= 0 and arr.max() < math.inf):  # a NaN fails the first comparison
-        raise DecodeError("bad_probs", "'probs' must be finite and >= 0")
-    return arr
+    return _checked_probs(r.floats(n, np.float64))
 
 
 def _bin_features(r: _Reader, schema: Schema) -> Features:

@@ -311,8 +311,9 @@ class Learner:
         return _checked(grads, stats)
 
     def _kl_due(self) -> bool:
+        due = self.scored % KL_EVERY == 0
         self.scored += 1
-        return self.scored % KL_EVERY == 1 or KL_EVERY == 1
+        return due
 
     def apply(self, grads: Sequence[torch.Tensor], scale: float = 1.0) -> None:
         step(self.optimizer, self.params, grads, scale)

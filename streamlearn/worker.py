@@ -23,9 +23,10 @@ i and goes on (polling, decoding, computing group i + 1, across steps) while
 the servers apply group i. It settles the reply of group i before computing
 group i + 1 if the reply is already there (it usually is: a group's work is
 ~20x a push's round trip), so the group starts from weights one push
-fresher; otherwise when it sends the next push. At most one push is in flight; :meth:`Worker.flush` settles it (the
-driver calls it before a checkpoint or a recovery, and a draining step does),
-and a step's result credits only settled pushes. A reply's weights are merged
+fresher; otherwise when it sends the next push. At most one push is in
+flight; :meth:`Worker.flush` settles it (the driver calls it before a
+checkpoint or a recovery, and a draining step does), and a step's result
+credits only settled pushes. A reply's weights are merged
 as a delta, ``replica += server - replica_at_push`` (accumulators too), so the
 worker keeps its own newer local steps and one worker still reproduces the
 single-process loop (the merges: :mod:`streamlearn.replica`).
@@ -162,8 +163,7 @@ class Worker:
         self._behind = 0  # versions the replica lagged at the last push
         self._pulled_once = False
         self._inflight: _Push | None = None
-        # outside sync mode, push updates (not gradients): a dense model's flat state, a sparse one's rows
-        self.updates = not learner.model.sparse and ps_cfg.mode != "sync"
+        # outside sync mode a push is an update (not gradients): a dense model's flat state, a sparse one's rows
         self.row_updates = learner.model.sparse and ps_cfg.mode != "sync"
         self.replica = Replica(learner, self.row_updates)  # merges replies and pulls into the learner's model
         self.clip_norm: float | None = None  # the servers' gradient clip, from their last reply
@@ -234,7 +234,7 @@ class Worker:
         elif self._pull_due():
             self._pull(prepared, out)
         local = self.cfg.mode != "sync"
-        before = self.replica.state(rows) if self.updates or self.row_updates else None
+        before = self.replica.state(rows) if local else None  # outside sync mode a push is an update
         grads, norms, kept = [], [], []
         for b, p in zip(batches, prepared, strict=True):
             g, stats = self.learner.gradients(p)
