@@ -30,6 +30,7 @@ records take the typed fast path in :mod:`streamlearn.jsonfast` first.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -62,25 +63,38 @@ class DecodeError(ValueError):
 
 def decode(raw: bytes, kind: Kind, schema: Schema) -> list[Event]:
     """Decode one Kafka record (JSON or binary) into its events."""
-    try:
-        if len(raw) > schema.max_message_bytes:
-            raise DecodeError("oversize", f"{len(raw)} bytes > {schema.max_message_bytes}")
-        if raw[:4] == MAGIC:
-            return _decode_binary(raw, kind, schema)
-        return [_decode_json(raw, kind, schema)]
-    except DecodeError:
-        raise
-    except Exception as exc:  # a codec bug must still not stop a partition
-        raise DecodeError("malformed", f"{type(exc).__name__}: {exc}") from exc
+    return record_decoder(schema)(raw, kind)
+
+
+class RecordDecoder:
+    """Decodes records of one schema; an :class:`~streamlearn.ingest.Ingest` keeps one (it runs per record)."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self.limit = schema.max_message_bytes
+        self.fast = jsonfast.fast_json(schema)
+
+    def __call__(self, raw: bytes, kind: Kind) -> list[Event]:
+        try:
+            if len(raw) > self.limit:
+                raise DecodeError("oversize", f"{len(raw)} bytes > {self.limit}")
+            if raw.startswith(MAGIC):
+                return _decode_binary(raw, kind, self.schema)
+            fast = self.fast.prediction(raw) if kind == "prediction" else self.fast.feedback(raw)
+            return [fast if fast is not None else reference_json(raw, kind, self.schema)]
+        except DecodeError:
+            raise
+        except Exception as exc:  # a codec bug must still not stop a partition
+            raise DecodeError("malformed", f"{type(exc).__name__}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=8)
+def record_decoder(schema: Schema) -> RecordDecoder:
+    return RecordDecoder(schema)
 
 
 def _reject_constant(name: str) -> float:
     raise DecodeError("non_finite", f"{name} is not a number")
-
-
-def _decode_json(raw: bytes, kind: Kind, schema: Schema) -> Event:
-    fast = jsonfast.accept(raw, kind, schema)
-    return fast if fast is not None else reference_json(raw, kind, schema)
 
 
 def reference_json(raw: bytes, kind: Kind, schema: Schema) -> Event:

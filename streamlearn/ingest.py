@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamlearn.codec import DecodeError, decode
+from streamlearn.codec import DecodeError, record_decoder
 from streamlearn.events import Example, Feedback, Schema
 from streamlearn.join import JoinConfig, Joiner
 from streamlearn.source import Record, TopicPartition
@@ -36,6 +36,7 @@ class IngestResult:
 class Ingest:
     def __init__(self, schema: Schema, join: JoinConfig | None = None) -> None:
         self.schema = schema
+        self.decode = record_decoder(schema)
         self.join_cfg = join or JoinConfig()
         self.joiners: dict[int, Joiner] = {}  # partition -> joiner
         self.positions: dict[TopicPartition, int] = {}  # next offset to read
@@ -50,20 +51,27 @@ class Ingest:
 
     def process(self, records: list[Record]) -> IngestResult:
         out = IngestResult()
+        examples, counts, decode = out.examples, self.counts, self.decode
+        # per-batch bookkeeping: offsets rise within a partition, so the last record of each sets its position
+        self.positions.update({(rec.topic, rec.partition): rec.offset + 1 for rec in records})
+        for topic, n in Counter(rec.topic for rec in records).items():
+            counts[(topic, "consumed")] += n
+        joiner, part = None, None
         for rec in records:
-            self.positions[(rec.topic, rec.partition)] = rec.offset + 1
-            self.counts[(rec.topic, "consumed")] += 1
             try:
-                events = decode(rec.value, rec.kind, self.schema)
+                events = decode(rec.value, rec.kind)
             except DecodeError as exc:
-                self.counts[(rec.topic, "invalid")] += 1
+                counts[(rec.topic, "invalid")] += 1
                 out.dead.append(DeadLetter(rec, exc.reason, exc.detail))
                 continue
-            joiner = self.joiner(rec.partition)
+            if rec.partition != part:
+                part = rec.partition
+                joiner = self.joiner(part)
+            assert joiner is not None
             for ev in events:
                 ex = joiner.add_feedback(ev) if isinstance(ev, Feedback) else joiner.add_prediction(ev)
                 if ex is not None:
-                    out.examples.append(ex)
+                    examples.append(ex)
         return out
 
     def join_counts(self) -> Counter[str]:

@@ -1,6 +1,7 @@
 """The fast path for JSON records: typed decoding and validation in C.
 
-:func:`accept` decodes one JSON-contract record with msgspec into a typed
+:class:`FastJson` (one per schema; :func:`accept` for a single record)
+decodes one JSON-contract record with msgspec into a typed
 struct whose types carry the contract's constraints, checked while parsing: no
 bool where a number belongs, no NaN/Infinity literals, a non-empty string id,
 the dense width, features within float32 range, probabilities >= 0, weight > 0.
@@ -54,47 +55,70 @@ def _decoders(n_features: int, n_classes: int) -> dict[str, msgspec.json.Decoder
     return {"prediction": msgspec.json.Decoder(prediction), "feedback": msgspec.json.Decoder(feedback)}
 
 
+class FastJson:
+    """The fast path bound to one schema: :meth:`prediction` and :meth:`feedback` run once per record."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self.n_classes = schema.n_classes
+        decoders = _decoders(schema.n_features, schema.n_classes)
+        self._pred, self._fb = decoders["prediction"].decode, decoders["feedback"].decode
+
+    def accept(self, raw: bytes, kind: str) -> Event | None:
+        return self.prediction(raw) if kind == "prediction" else self.feedback(raw)
+
+    def _index(self, value: int | str) -> int | None:
+        if type(value) is int:  # the common case, without the schema's name lookup
+            return value if 0 <= value < self.n_classes else None
+        return self.schema.class_index(value)
+
+    def prediction(self, raw: bytes) -> Prediction | None:
+        try:
+            obj = self._pred(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return None
+        pred = self._index(obj.prediction)
+        if pred is None or not math.isfinite(obj.ts):
+            return None
+        probs = None if obj.probs is None else np.asarray(obj.probs, dtype=np.float64)
+        return Prediction(obj.id, obj.ts, _features(obj.features), pred, obj.model_version, probs)
+
+    def feedback(self, raw: bytes) -> Feedback | None:
+        try:
+            obj = self._fb(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return None
+        if not math.isfinite(obj.ts):
+            return None
+        has_correct = obj.correct is not UNSET
+        if has_correct == (obj.label is not UNSET):
+            return None
+        label = None if obj.label is UNSET else self._index(obj.label)
+        if label is None and not has_correct:
+            return None
+        prediction = None
+        if obj.prediction is not UNSET:
+            prediction = self._index(obj.prediction)
+            if prediction is None or not has_correct:
+                return None
+        return Feedback(
+            obj.id, obj.ts,
+            correct=obj.correct if has_correct else None,
+            label=label,
+            weight=obj.weight,
+            features=None if obj.features is None else _features(obj.features),
+            prediction=prediction,
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def fast_json(schema: Schema) -> FastJson:
+    return FastJson(schema)
+
+
 def accept(raw: bytes, kind: str, schema: Schema) -> Event | None:
     """The event in ``raw`` if the fast path accepts it, else None (ask the reference decoder)."""
-    try:
-        obj = _decoders(schema.n_features, schema.n_classes)[kind].decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return None
-    if not math.isfinite(obj.ts):
-        return None
-    if kind == "prediction":
-        return _prediction(obj, schema)
-    return _feedback(obj, schema)
-
-
-def _prediction(obj: Any, schema: Schema) -> Prediction | None:
-    pred = schema.class_index(obj.prediction)
-    if pred is None:
-        return None
-    probs = None if obj.probs is None else np.asarray(obj.probs, dtype=np.float64)
-    return Prediction(obj.id, obj.ts, _features(obj.features), pred, obj.model_version, probs)
-
-
-def _feedback(obj: Any, schema: Schema) -> Feedback | None:
-    has_correct = obj.correct is not UNSET
-    if has_correct == (obj.label is not UNSET):
-        return None
-    label = None if obj.label is UNSET else schema.class_index(obj.label)
-    if label is None and not has_correct:
-        return None
-    prediction = None
-    if obj.prediction is not UNSET:
-        prediction = schema.class_index(obj.prediction)
-        if prediction is None or not has_correct:
-            return None
-    return Feedback(
-        obj.id, obj.ts,
-        correct=obj.correct if has_correct else None,
-        label=label,
-        weight=obj.weight,
-        features=None if obj.features is None else _features(obj.features),
-        prediction=prediction,
-    )
+    return fast_json(schema).accept(raw, kind)
 
 
 def _features(value: list[float] | dict[str, float]) -> Features:

@@ -2,7 +2,6 @@
 
 import json
 import random
-from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -44,8 +43,8 @@ def _mutate(rng: random.Random, kind: str) -> bytes:
 def _same(a: Event, b: Event) -> bool:
     if type(a) is not type(b):
         return False
-    for f in fields(a):  # type: ignore[arg-type]
-        x, y = getattr(a, f.name), getattr(b, f.name)
+    for name in a.__struct_fields__:
+        x, y = getattr(a, name), getattr(b, name)
         if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
             if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)) or x.dtype != y.dtype:
                 return False
