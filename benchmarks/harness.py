@@ -441,7 +441,7 @@ def pyspy(pids: dict[int, bool], seconds: float, rate: int = 100) -> Iterator[di
 # Worker main-thread stages, first match wins, searched root -> leaf in each collapsed stack.
 WORKER_STAGES: list[tuple[str, str]] = [
     ("poll (kafka-python)", r"KafkaSource\.next_batch \("),
-    ("decode", r"^decode \(.*codec\.py"),
+    ("decode", r"^RecordDecoder\.__call__ \("),
     ("join", r"^Joiner\.add_(feedback|prediction) \("),
     ("featurize (Learner.batch)", r"^Learner\.batch \("),
     ("pull weights", r"^Worker\._pull \("),

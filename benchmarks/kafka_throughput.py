@@ -12,6 +12,9 @@ functions ``row_x(bench) -> Measured`` listed in ROWS.
 
 End-to-end rows (the issue "Kafka ingestion"):
 
+* ``source_ingest_2p`` -- source_ingest in two processes at once, each on
+  half of the partitions: what two workers could ingest if learning were
+  free, with the broker on the same two cores.
 * ``learn_in_process`` -- KafkaSource + Ingest + Learner.learn in this one
   process, no Ray: the single-process learning ceiling. Its ``stages`` field
   gives microseconds per event for poll, decode, join, featurize, gradient
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -124,7 +128,11 @@ def row_raw_defaults(b: Bench) -> Measured:
 
 
 def _source(b: Bench) -> KafkaSource:
-    return KafkaSource(b.settings, list(range(b.partitions)))  # connects and resolves offsets, off the clock
+    return _source_of(b, list(range(b.partitions)))
+
+
+def _source_of(b: Bench, partitions: list[int]) -> KafkaSource:
+    return KafkaSource(b.settings, partitions)  # connects and resolves offsets, off the clock
 
 
 def row_source(b: Bench) -> Measured:
@@ -156,6 +164,46 @@ def row_source_ingest(b: Bench) -> Measured:
         source.close()
     assert examples == b.events // 2, f"{examples} examples from {b.events} events"
     return Measured(b.events, n, seconds)
+
+
+def _ingest_share(b: Bench, owned: list[int], start: Any, out: Any) -> None:
+    """One process of source_ingest_2p: consume, decode and join ``owned`` partitions to their end."""
+    tune_gc()
+    source, ingest = _source_of(b, owned), Ingest(b.schema)
+    want = 2 * len(owned)  # (topic, partition) pairs
+    try:
+        start.wait()
+        n = examples = 0
+        t0 = time.monotonic()
+        while True:
+            recs = source.next_batch(BATCH)
+            n += len(recs)
+            examples += len(ingest.process(recs).examples)
+            lag = source.lag()
+            if len(lag) == want and not any(lag.values()):
+                break
+        out.put((n, examples, t0, time.monotonic()))
+    finally:
+        source.close()
+
+
+def row_source_ingest_2p(b: Bench) -> Measured:
+    """source_ingest in 2 processes at once, each owning half the partitions: the ingest ceiling of a
+    2-worker job on this machine (no learning, no Ray), next to the raw loop's single consumer."""
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Barrier(3), ctx.Queue()
+    halves = [list(range(b.partitions))[i::2] for i in range(2)]
+    procs = [ctx.Process(target=_ingest_share, args=(b, h, start, out)) for h in halves]
+    for proc in procs:
+        proc.start()
+    start.wait(timeout=120)  # both connected: the clock starts
+    got = [out.get(timeout=300) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+    n, examples = sum(g[0] for g in got), sum(g[1] for g in got)
+    assert examples == b.events // 2, f"{examples} examples from {b.events} events"
+    seconds = max(g[3] for g in got) - min(g[2] for g in got)
+    return Measured(b.events, n, seconds, {"processes": len(procs)})
 
 
 def row_ingest_in_memory(b: Bench) -> Measured:
@@ -262,6 +310,7 @@ def row_job_2w_b32(b: Bench) -> Measured:
 
 
 ROWS: list[Callable[[Bench], Measured]] = [row_raw, row_raw_defaults, row_source, row_source_ingest,
+                                           row_source_ingest_2p,
                                            row_ingest_in_memory, row_learn_in_process, row_job_1w, row_job_2w,
                                            row_job_2w_b32]
 
