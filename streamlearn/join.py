@@ -46,6 +46,9 @@ class Joiner:
         self._done: OrderedDict[str, float] = OrderedDict()  # joined ids, for dedup
         self.watermark = float("-inf")
         self.counts: Counter[str] = Counter()
+        # no front entry of the three tables is older than this, so until the watermark is a TTL past it
+        # nothing can expire and a new watermark skips the scan (_advance; most events)
+        self._due = float("inf")
 
     @property
     def pending(self) -> int:
@@ -65,11 +68,14 @@ class Joiner:
             return None
         waiting = self._feedback.pop(ident, None)
         if waiting is not None:
+            self._exposed(self._feedback)
             return self._joined(pred, waiting[1])
         if ts < self.watermark - self.cfg.ttl_seconds:
             self.counts["expired"] += 1
             return None
         preds[ident] = (ts, pred)
+        if ts < self._due:
+            self._due = ts
         if len(preds) + len(self._feedback) > self.cfg.max_pending:
             self._evict(preds)
         return None
@@ -84,6 +90,7 @@ class Joiner:
             return None
         waiting = self._preds.pop(ident, None)
         if waiting is not None:
+            self._exposed(self._preds)
             return self._joined(waiting[1], fb)
         if fb.features is not None:  # inline feedback may carry everything it needs: no join
             inline = example_from(None, fb, self.partition)
@@ -95,6 +102,8 @@ class Joiner:
             self.counts["expired"] += 1
             return None
         feedback[ident] = (ts, fb)
+        if ts < self._due:
+            self._due = ts
         if len(self._preds) + len(feedback) > self.cfg.max_pending:
             self._evict(feedback)
         return None
@@ -107,18 +116,23 @@ class Joiner:
     def _remember(self, ident: str) -> None:
         done = self._done
         done[ident] = self.watermark
+        if self.watermark < self._due:
+            self._due = self.watermark
         if len(done) > self.cfg.max_pending:
-            done.popitem(last=False)
+            done.popitem(last=False)  # in watermark order: what follows is no older
 
     def _evict(self, table: OrderedDict[str, Any]) -> None:
         while self.pending > self.cfg.max_pending and table:
             table.popitem(last=False)
             self.counts["evicted"] += 1
+        self._refront()
 
     def _advance(self, ts: float) -> None:
         """Move the watermark up to ``ts`` and expire what fell behind it by more than the TTL."""
         self.watermark = ts
         horizon = ts - self.cfg.ttl_seconds
+        if horizon <= self._due:
+            return
         for table in (self._preds, self._feedback):
             while table:
                 ident, (t, _) = next(iter(table.items()))
@@ -132,9 +146,24 @@ class Joiner:
             if t >= horizon:
                 break
             del done[ident]
+        self._refront()
+
+    def _exposed(self, table: OrderedDict[str, Any]) -> None:
+        """A join took an entry out of ``table``: if it was the front, the new front may be older than ``_due``."""
+        if table:
+            t = next(iter(table.values()))[0]
+            if t < self._due:
+                self._due = t
+
+    def _refront(self) -> None:
+        """Set ``_due`` from the tables' front entries (after a scan or an eviction exposed new ones)."""
+        fronts = [next(iter(t.values()))[0] for t in (self._preds, self._feedback) if t]
+        if self._done:
+            fronts.append(next(iter(self._done.values())))
+        self._due = min(fronts, default=float("inf"))
 
     def snapshot(self) -> dict[str, Any]:
-        """Plain-data state for a checkpoint (events are frozen dataclasses, picklable)."""
+        """Plain-data state for a checkpoint (events are frozen structs, picklable)."""
         return {
             "preds": list(self._preds.items()),
             "feedback": list(self._feedback.items()),
@@ -151,4 +180,5 @@ class Joiner:
         j._done = OrderedDict(state["done"])
         j.watermark = state["watermark"]
         j.counts = Counter(state["counts"])
+        j._refront()
         return j
