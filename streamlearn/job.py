@@ -145,6 +145,7 @@ class Job:
         # what the divergence guard saw at its last look: updates, (loss sum, examples), last good mark
         self._seen_updates = 0
         self._seen_loss: tuple[float, int] = (0.0, 0)
+        self._seen_positive: tuple[float, int] = (0.0, 0)  # the positives' summed -log p(y|x), count
         self._good_at = -(10**9)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -344,8 +345,10 @@ class Job:
         if new_updates <= 0 or n <= 0:  # pushes settle a step after their examples' losses: wait for both
             return
         loss = (losses[0] - self._seen_loss[0]) / n
-        self._seen_updates, self._seen_loss = t.updates, losses
-        fired = self.detector.observe(loss, norm, applied=True, updates=new_updates)
+        pos = (t.stats.loss_positive, t.stats.positive)
+        since = (pos[0] - self._seen_positive[0], pos[1] - self._seen_positive[1])
+        self._seen_updates, self._seen_loss, self._seen_positive = t.updates, losses, pos
+        fired = self.detector.observe(loss, norm, applied=True, updates=new_updates, positives=since)
         for kind in fired:
             self.metrics.divergence.labels(kind).inc()
         g = self.cfg.divergence

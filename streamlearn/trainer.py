@@ -71,6 +71,7 @@ class Trainer:
         grads, stats = self.learner.gradients(self.learner.batch(batch))
         if grads is not None:
             self.learner.apply(self.guard.clip(grads, stats.grad_norm))
-        fired = self.guard.after_step(stats.mean_loss, grads is not None, len(batch))
+        fired = self.guard.after_step(stats.mean_loss, grads is not None, len(batch),
+                                      (stats.loss_positive, stats.positive))
         self.progress.divergence.update(fired)
         self.progress.record(batch, stats, grads is not None)
