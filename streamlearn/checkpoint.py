@@ -11,6 +11,11 @@ File format: ``SLCK1\\n`` + sha256 of the payload (32 bytes) + the payload
 (``torch.save`` of a dict). Written to a temp file, fsynced, then renamed, so
 a crash leaves either the old set or the new file, never half of one. A file
 whose digest does not match is reported and skipped.
+
+Events in the join state and the buffer are pickled as they are. Files
+written while events were dataclasses (before they became msgspec structs)
+still load: :class:`_Unpickler` reads their events as placeholders, which
+:func:`_upgraded` turns into today's structs.
 """
 
 from __future__ import annotations
@@ -19,12 +24,17 @@ import hashlib
 import io
 import logging
 import os
+import pickle
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import torch
+
+from streamlearn import events
 
 log = logging.getLogger(__name__)
 MAGIC = b"SLCK1\n"
@@ -81,11 +91,12 @@ def read(path: str | Path) -> dict[str, Any]:
     digest, payload = raw[len(MAGIC) : len(MAGIC) + 32], raw[len(MAGIC) + 32 :]
     if hashlib.sha256(payload).digest() != digest:
         raise CorruptCheckpoint(f"{path}: checksum mismatch (partial or corrupt file)")
+    before = _LegacyEvent.placeholders
     try:
-        state: dict[str, Any] = torch.load(io.BytesIO(payload), weights_only=False)
+        state: dict[str, Any] = torch.load(io.BytesIO(payload), weights_only=False, pickle_module=_PICKLE)
     except Exception as exc:
         raise CorruptCheckpoint(f"{path}: unreadable payload: {exc}") from exc
-    return state
+    return _upgraded(state) if _LegacyEvent.placeholders > before else state
 
 
 def latest(directory: str | Path | None) -> tuple[Path, dict[str, Any]] | None:
@@ -98,3 +109,45 @@ def latest(directory: str | Path | None) -> tuple[Path, dict[str, Any]] | None:
         except (CorruptCheckpoint, OSError) as exc:
             log.warning("skipping checkpoint: %s", exc)
     return None
+
+
+class _LegacyEvent:
+    """An event pickled as a dataclass: ``cls(*fields)`` (a struct's pickle) builds today's event, while
+    ``cls()`` plus a field dict (a dataclass's) leaves a placeholder for :func:`_upgraded`."""
+
+    event: type[msgspec.Struct]
+    placeholders = 0  # made so far: a read that made none need not walk its state
+
+    def __new__(cls, *args: Any) -> Any:
+        if args:
+            return cls.event(*args)
+        _LegacyEvent.placeholders += 1
+        return object.__new__(cls)
+
+
+_LEGACY = {name: type(name, (_LegacyEvent,), {"event": getattr(events, name)})
+           for name in ("Prediction", "Feedback", "Example")}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "streamlearn.events" and name in _LEGACY:
+            return _LEGACY[name]
+        return super().find_class(module, name)
+
+
+_PICKLE = types.SimpleNamespace(**{k: getattr(pickle, k) for k in ("load", "loads", "UnpicklingError")},
+                                Unpickler=_Unpickler, __name__="streamlearn.checkpoint.pickle")
+
+
+def _upgraded(value: Any) -> Any:
+    """``value`` with every placeholder of a dataclass-pickled event replaced by the event."""
+    if isinstance(value, _LegacyEvent):
+        return value.event(**vars(value))
+    if isinstance(value, dict):
+        return {k: _upgraded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_upgraded(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_upgraded(v) for v in value)
+    return value

@@ -1,0 +1,43 @@
+"""Checkpoint files: events in the join state and the buffer survive a save and a read, old format too."""
+
+from pathlib import Path
+
+import numpy as np
+
+from streamlearn import checkpoint
+from streamlearn.events import Example, Feedback, Prediction
+from streamlearn.join import Joiner
+
+# Written by commit 84b6762 (events were frozen dataclasses then): a joiner holding prediction "a" (features
+# [0, 1, 2], class 2, model version 7, probs [0.2, 0.3, 0.5]) and feedback "b" (wrong), and a buffer with
+# Example("c", [1, 1, 1], label 1, negative, weight 2, ts 3).
+DATACLASS_EVENTS = Path(__file__).parent / "data" / "checkpoint-dataclass-events.slck"
+
+
+def test_events_survive_a_save_and_a_read(tmp_path: Path) -> None:
+    j = Joiner()
+    j.add_prediction(Prediction("a", 1.0, np.arange(3, dtype=np.float32), 2, None, np.array([0.5, 0.25, 0.25])))
+    j.add_feedback(Feedback("b", 2.0, label=1))
+    checkpoint.save(tmp_path, {"joiner": j.snapshot()})
+    found = checkpoint.latest(tmp_path)
+    assert found is not None
+    restored = Joiner.restore(found[1]["joiner"])
+    ex = restored.add_feedback(Feedback("a", 3.0, correct=True))
+    assert ex is not None and ex.label == 2 and ex.positive and np.array_equal(ex.features, [0, 1, 2])
+    assert ex.probs is not None and ex.probs.tolist() == [0.5, 0.25, 0.25]
+
+
+def test_a_checkpoint_written_while_events_were_dataclasses_still_loads() -> None:
+    """Skipping it as unreadable would restart the job from the earliest offsets and train everything twice."""
+    state = checkpoint.read(DATACLASS_EVENTS)
+    worker = state["workers"][0]
+    (buffered,) = worker["buffer"]
+    assert isinstance(buffered, Example)
+    assert (buffered.id, buffered.label, buffered.positive, buffered.weight, buffered.ts) == ("c", 1, False, 2.0, 3.0)
+    j = Joiner.restore(worker["joiners"][0])
+    assert j.pending == 2
+    ex = j.add_feedback(Feedback("a", 3.0, correct=False))
+    assert ex is not None and (ex.label, ex.positive) == (2, False) and np.array_equal(ex.features, [0, 1, 2])
+    assert ex.probs is not None and ex.probs.tolist() == [0.2, 0.3, 0.5]
+    ex = j.add_prediction(Prediction("b", 3.0, np.zeros(3, dtype=np.float32), 0))
+    assert ex is not None and (ex.label, ex.positive) == (0, False)  # b's waiting feedback said "wrong"
