@@ -60,8 +60,7 @@ class Replica:
         """
         flat = self.learner.flat()
         current = flat.read(np.float64)
-        merged = state.astype(np.float32) if base is None else (current + (state - base)).astype(np.float32)
-        np.maximum(merged[1:], 0, out=merged[1:])  # accumulators: a rounding error must not go negative
+        merged = _merged(current, state, base)
         flat.write(merged)
         moved = merged[0] - current[0]
         if base is not None and inflight is not None:
@@ -76,8 +75,7 @@ class Replica:
         assert self.loaded_at is not None
         rs = self.learner.row_state()
         current = rs.read(rows, np.float64)
-        merged = state.astype(np.float32) if base is None else (current + (state - base)).astype(np.float32)
-        np.maximum(merged[1:], 0, out=merged[1:])
+        merged = _merged(current, state, base)
         rs.write(rows, merged)
         change = merged - current
         if base is not None and inflight is not None:
@@ -104,3 +102,11 @@ class Replica:
                     drift += float(((params[i] - value).double() ** 2).sum())
                     params[i].copy_(value)
         return drift
+
+
+def _merged(current: np.ndarray, state: np.ndarray, base: np.ndarray | None) -> np.ndarray:
+    """The replica's new state (float32): the servers' ``state`` copied, or with ``base`` added as a delta
+    to ``current``; accumulators (rows 1:) clipped at 0, so a rounding error never leaves one negative."""
+    merged = state.astype(np.float32) if base is None else (current + (state - base)).astype(np.float32)
+    np.maximum(merged[1:], 0, out=merged[1:])
+    return merged
