@@ -171,12 +171,13 @@ class HashedSoftmax(SoftmaxModel):
     def logits(self, idx: np.ndarray, offsets: np.ndarray, vals: np.ndarray) -> np.ndarray:
         """(B, K) logits in numpy: per example, the value-weighted sum of its buckets' rows, plus the bias."""
         table = self.table.weight.detach().numpy()  # (buckets, K), shares memory
-        out = np.zeros((len(offsets), table.shape[1]), dtype=np.float32)
         full = _lengths(offsets, len(idx)) > 0  # (B,) bags with a feature: reduceat needs them
         if full.all():
             out = np.add.reduceat(table[idx] * vals[:, None], offsets, axis=0)
-        elif full.any():
-            out[full] = np.add.reduceat(table[idx] * vals[:, None], offsets[full], axis=0)
+        else:
+            out = np.zeros((len(offsets), table.shape[1]), dtype=np.float32)
+            if full.any():
+                out[full] = np.add.reduceat(table[idx] * vals[:, None], offsets[full], axis=0)
         return out + self.bias.detach().numpy()
 
     def param_grads(self, inputs: tuple[np.ndarray, ...], dlogits: np.ndarray) -> list[torch.Tensor]:
