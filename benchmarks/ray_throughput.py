@@ -58,18 +58,22 @@ class Row:
     grads_per_push: int | None = None  # None: the default (64)
     batch_size: int | None = None  # None: the default (4)
     group: str = "base"
+    push_budget: float | None = None  # None: the default (0.04); 0: a fixed grads_per_push
 
     @property
     def name(self) -> str:
         extra = "".join([f" gpp{self.grads_per_push}" if self.grads_per_push else "",
-                         f" b{self.batch_size}" if self.batch_size else ""])
+                         f" b{self.batch_size}" if self.batch_size else "",
+                         "" if self.push_budget is None else f" budget{self.push_budget:g}"])
         return f"{self.workers}w {self.mode} x{self.shards}{extra}"
 
 
 BASE = [Row(w, m, s) for s in (1, 2) for m in ("async", "sync", "bounded") for w in (1, 2)]
 TUNING = [Row(w, "async", 1, gpp, b, "tuning") for w in (1, 2)
           for gpp, b in ((8, None), (128, None), (None, 32), (128, 32))]
-GROUPS = {"base": BASE, "tuning": TUNING, "all": BASE + TUNING,
+# the adaptive push cadence against a fixed grads_per_push, side by side
+CADENCE = [Row(w, "async", s, group="cadence", push_budget=b) for w, s in ((2, 1), (1, 2), (2, 2)) for b in (None, 0.0)]
+GROUPS = {"base": BASE, "tuning": TUNING, "cadence": CADENCE, "all": BASE + TUNING,
           "min": [Row(1), Row(2), Row(2, "sync"), Row(2, "bounded"), Row(1, shards=2), Row(2, shards=2)]}
 
 
@@ -86,6 +90,8 @@ def measure(row: Row, topics: harness.Topics, data: DataConfig) -> dict[str, Any
     over: dict[str, Any] = {"ps": {"mode": row.mode, "shards": row.shards}}
     if row.grads_per_push:
         over["ps"]["grads_per_push"] = row.grads_per_push
+    if row.push_budget is not None:
+        over["ps"]["push_budget"] = row.push_budget
     if row.batch_size:
         over["optim"] = {"batch_size": row.batch_size}
     cfg = harness.job_config(topics, workers=row.workers, **over)
@@ -99,7 +105,8 @@ def measure(row: Row, topics: harness.Topics, data: DataConfig) -> dict[str, Any
         "job_summary_events_per_second": s["events_per_second"], "wall_seconds": round(run.wall_seconds, 1),
         "peak_rss_mb": harness.mb(run.peak_rss_job), "peak_rss_ray_mb": harness.mb(run.peak_rss_ray),
         "push_fraction": s["push_fraction"], "push_wait_fraction": s["push_wait_fraction"],
-        "push_to_compute": s["push_to_compute"],
+        "push_to_compute": s["push_to_compute"], "push_budget": cfg.ps.push_budget,
+        "grads_per_push_mean": s["grads_per_push_mean"],
         "heldout_accuracy": harness.heldout_accuracy(cfg.model, run.weights, data),
         "progressive_accuracy": s["progressive_accuracy"], "updates": s["updates"],
         "stale_dropped": s["stale_dropped"], "complete": s["events_consumed"] == topics.records,
@@ -113,16 +120,18 @@ def _cores(cores: dict[str, float]) -> str:
 
 def render(lines: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str, Any]) -> str:
     head = ("| row | events/s (median) | all runs | push_fraction | of which waiting | push / compute | "
+            "micro-batches per push | "
             "peak RSS driver+actors (MB) | + Ray processes (MB) | held-out acc | updates | stale dropped | "
             "CPU cores: workers, servers, driver |")
     out = [f"Ray throughput, {meta['date']}, {meta['machine']}; {meta['events']} events (JSON, digits, "
            f"random policy), {meta['partitions']} partitions; `{meta['command']}`", "", head,
-           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in lines:
         flag = "" if r["complete"] else " (incomplete)"
         runs = ", ".join(f"{x:,}" for x in r["all_events_per_second"])
         out.append(f"| {r['row']}{flag} | {r['events_per_second']:,} | {runs} | {r['push_fraction']} | "
-                   f"{r['push_wait_fraction']} | {r['push_to_compute']} | {r['peak_rss_mb']:,.0f} | "
+                   f"{r['push_wait_fraction']} | {r['push_to_compute']} | {r['grads_per_push_mean']} | "
+                   f"{r['peak_rss_mb']:,.0f} | "
                    f"{r['peak_rss_ray_mb']:,.0f} | {r['heldout_accuracy']:.3f} | "
                    f"{r['updates']:,} | {r['stale_dropped']:,} | {_cores(r.get('cpu_cores', {}))} |")
     out += ["", "Summary: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "bench")]

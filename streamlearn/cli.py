@@ -224,7 +224,12 @@ def _add_job(p: argparse.ArgumentParser, embedded: bool) -> None:
     g.add_argument("--ps-shards", type=_positive_int, help="parameter-server actors (default 1)")
     g.add_argument("--max-staleness", type=_positive_int, help="bounded mode: versions a gradient may lag")
     g.add_argument("--stale-policy", choices=STALE_POLICIES, help="bounded mode: drop or downweight stale gradients")
-    g.add_argument("--grads-per-push", type=_positive_int, help="micro-batch gradients per push (async, bounded)")
+    g.add_argument("--grads-per-push", type=_positive_int,
+                   help="micro-batches per push, at least (async, bounded; default 64)")
+    g.add_argument("--push-budget", type=float,
+                   help="share of a worker's step time its pushes may take before a push carries more "
+                        "micro-batches (default 0.04; 0: a fixed --grads-per-push)")
+    g.add_argument("--max-grads-per-push", type=_positive_int, help="micro-batches per push, at most (default 256)")
     g.add_argument("--pull-every", type=_positive_int, help="pushes between weight pulls")
     g.add_argument("--ray-address", help="join this Ray cluster ('auto' inside one); default: start Ray here")
     g.add_argument("--ray-num-cpus", type=_positive_int, help="CPUs of the local Ray")
@@ -248,6 +253,7 @@ JOB_KEYS: dict[str, tuple[str, ...]] = {
     "partitions": ("partitions",), "codec": ("codec",),
     "ps_mode": ("ps", "mode"), "ps_shards": ("ps", "shards"), "max_staleness": ("ps", "max_staleness"),
     "stale_policy": ("ps", "stale_policy"), "grads_per_push": ("ps", "grads_per_push"),
+    "push_budget": ("ps", "push_budget"), "max_grads_per_push": ("ps", "max_grads_per_push"),
     "pull_every": ("ps", "pull_every"),
     "ray_address": ("ray", "address"), "ray_num_cpus": ("ray", "num_cpus"),
     "checkpoint_dir": ("checkpoint", "dir"), "checkpoint_every_seconds": ("checkpoint", "every_seconds"),

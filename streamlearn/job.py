@@ -515,6 +515,8 @@ class Job:
             "stop_reason": self.stop_reason,
             "seconds": round(seconds, 3),
             "events_per_second": round(consumed / seconds, 1) if seconds > 0 else None,
+            "pushes": t.pushes,
+            "grads_per_push_mean": round((t.updates + t.dropped) / t.pushes, 1) if t.pushes else None,
             # share of the workers' step time spent in push calls (Ray overhead and waiting for replies)
             "push_fraction": round(t.push_seconds / t.step_seconds, 4) if t.step_seconds else None,
             "push_to_compute": round(t.push_seconds / t.compute_seconds, 4) if t.compute_seconds else None,

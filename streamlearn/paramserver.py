@@ -64,9 +64,14 @@ class PSConfig:
     max_staleness: int = 256
     stale_policy: str = "drop"  # bounded: drop | downweight gradients past max_staleness
     sync_timeout_seconds: float = 5.0  # sync: a round closes after this long even if a worker is silent
-    # async/bounded: micro-batches per push (their steps' update, or their gradients); 64 keeps a push's Ray
-    # call and reply at ~2-3% of the group's work (benchmarks/ray_throughput.py)
+    # async/bounded: micro-batches per push (their steps' update, or their gradients), at least; a push costs
+    # about the same however much it carries, so a worker carries more per push while its pushes take more
+    # than push_budget of its step time (0: never), up to max_grads_per_push (bounded mode: also
+    # max_staleness // 4, so that a foreign push or two stay within the bound). 1 worker on 2 cores: 64 is
+    # ~2% of a step; 2 workers or 2 shards: a push's calls wait on the busy cores (benchmarks/ray_throughput.py)
     grads_per_push: int = 64
+    push_budget: float = 0.04
+    max_grads_per_push: int = 256
     pull_every: int = 1  # pushes between weight pulls (a worker also pulls when max_staleness behind)
 
     def __post_init__(self) -> None:
@@ -74,11 +79,20 @@ class PSConfig:
             raise ValueError(f"ps mode: unknown {self.mode!r}, choose one of {', '.join(PS_MODES)}")
         if self.stale_policy not in STALE_POLICIES:
             raise ValueError(f"ps stale_policy: unknown {self.stale_policy!r}, choose drop or downweight")
-        for name in ("shards", "max_staleness", "grads_per_push", "pull_every"):
+        for name in ("shards", "max_staleness", "grads_per_push", "max_grads_per_push", "pull_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ps {name}: must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.push_budget < 1:
+            raise ValueError(f"ps push_budget: a share of step time in [0, 1), got {self.push_budget}")
         if not self.sync_timeout_seconds > 0:
             raise ValueError("ps sync_timeout_seconds: must be > 0")
+
+    @property
+    def most_grads_per_push(self) -> int:
+        """The largest group a push may carry: never below grads_per_push."""
+        most = self.max_grads_per_push if self.mode != "bounded" else min(self.max_grads_per_push,
+                                                                          self.max_staleness // 4)
+        return max(self.grads_per_push, most)
 
 
 def row_range(n_rows: int, shard: int, shards: int) -> tuple[int, int]:

@@ -5,9 +5,10 @@ parameter servers are reached through a :class:`ParamClient`, so the worker
 is testable without Ray or Kafka.
 
 One :meth:`Worker.step` polls one batch of records and trains on every full
-micro-batch it yields, in groups of up to ``grads_per_push`` micro-batches:
-one call to the servers per group (never one call per event). In sync mode a
-group is one gradient. Outside it the worker steps its replica's own
+micro-batch it yields, in groups: one call to the servers per group (never one
+call per event). In sync mode a group is one gradient; outside it at least
+``grads_per_push`` micro-batches, more while pushes take more than
+``push_budget`` of the worker's time (:mod:`streamlearn.cadence`). Outside it the worker steps its replica's own
 optimizer on each micro-batch and sends what the group's steps changed,
 weights and Adagrad accumulators: a dense model's whole flat state (one
 update of two rows however many micro-batches), a sparse model's rows that
@@ -40,11 +41,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from streamlearn.cadence import PushCadence
 from streamlearn.divergence import clip_scale
 from streamlearn.events import Example
 from streamlearn.ingest import DeadLetter, Ingest
@@ -55,6 +59,7 @@ from streamlearn.source import EventSource, TopicPartition
 
 log = logging.getLogger(__name__)
 
+_LINEAGE_KEY = attrgetter("partition", "positive")
 LOSS_SAMPLE = 64  # per-example losses a step reports for the loss histogram (a sample: cheap)
 
 # what a pull brings: a dense model's flat state (weights and accumulators, learner.FlatState), or the above
@@ -167,6 +172,7 @@ class Worker:
         self.row_updates = learner.model.sparse and ps_cfg.mode != "sync"
         self.replica = Replica(learner, self.row_updates)  # merges replies and pulls into the learner's model
         self.clip_norm: float | None = None  # the servers' gradient clip, from their last reply
+        self.cadence = PushCadence(ps_cfg.grads_per_push, ps_cfg.most_grads_per_push, ps_cfg.push_budget)
 
     # -- the loop ------------------------------------------------------------
 
@@ -190,7 +196,7 @@ class Worker:
         while len(self.buffer) >= size or (drain and self.buffer):
             batches.append(self.buffer[:size])
             self.buffer = self.buffer[size:]
-        group = 1 if self.cfg.mode == "sync" else self.cfg.grads_per_push
+        group = 1 if self.cfg.mode == "sync" else self.cadence.group
         for i in range(0, len(batches), group):
             self._train(batches[i : i + group], out)
         if not batches and self.cfg.mode == "sync":
@@ -206,6 +212,8 @@ class Worker:
         if callable(lag):
             out.lag = lag()
         out.step_seconds = time.perf_counter() - started
+        if self.cfg.mode != "sync":
+            self.cadence.observe(out.push_seconds, out.pushes, out.step_seconds - out.push_seconds, len(batches))
         return out
 
     def flush(self) -> StepResult:
@@ -316,15 +324,15 @@ class Worker:
         elif self.cfg.mode == "sync":
             self.version = result.version  # the round closed with our gradient in it
         # credit the examples of every gradient the server applied (sync: the round's average)
-        applied = result.kept or [True] * len(push.kept)
-        for b, ok in zip(push.kept, applied, strict=True):
-            if not ok:
-                out.dropped_examples += len(b)
-                continue
-            for ex in b:
-                key = (ex.partition, "positive" if ex.positive else "negative")
-                self.applied[key] += 1
-                out.applied[key] += 1
+        kept = push.kept
+        if result.kept:
+            out.dropped_examples += sum(len(b) for b, ok in zip(kept, result.kept, strict=True) if not ok)
+            kept = [b for b, ok in zip(kept, result.kept, strict=True) if ok]
+        credited = Counter(map(_LINEAGE_KEY, chain.from_iterable(kept)))  # (partition, positive) -> examples
+        for (partition, positive), n in credited.items():
+            key = (partition, "positive" if positive else "negative")
+            self.applied[key] += n
+            out.applied[key] += n
 
     def _pull_due(self, after_push: bool = False) -> bool:
         """Dense models pull with the push that makes one due; sparse ones pull the rows a group needs first

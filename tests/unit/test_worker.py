@@ -25,7 +25,7 @@ def test_replicas_track_the_servers_across_pipelined_pushes(shards: int, ready: 
     settles first (its group starts from fresher weights).
     """
     cfg = JobConfig(workers=2, partitions=2, max_records=300, sim=SimConfig(events=6000),
-                    ps=PSConfig(mode="async", shards=shards, grads_per_push=2))
+                    ps=PSConfig(mode="async", shards=shards, grads_per_push=2, push_budget=0))
     client = LocalParamClient([Shard(i, cfg.ps, cfg.model, cfg.optim) for i in range(shards)], ready)
     workers = [build_worker(cfg, w, [w], client) for w in range(2)]
     multi_push_steps = 0
@@ -120,7 +120,7 @@ def test_bounded_server_drops_or_downweights_a_stale_update_whole(policy: str) -
 def test_worker_steps_with_the_servers_learning_rate_and_clip() -> None:
     """The guard lowers the lr or sets a clip at the servers; a worker's local steps follow from the next reply."""
     cfg = JobConfig(workers=1, partitions=1, max_records=400, sim=SimConfig(events=4000),
-                    ps=PSConfig(mode="async", grads_per_push=4))
+                    ps=PSConfig(mode="async", grads_per_push=4, push_budget=0))
     shard = Shard(0, cfg.ps, cfg.model, cfg.optim)
     client = LocalParamClient([shard])
     worker = build_worker(cfg, 0, [0], client)
@@ -169,7 +169,7 @@ def test_an_update_and_its_reply_survive_the_wire(clip: float | None) -> None:
 def test_a_worker_whose_replica_went_non_finite_takes_the_servers_state() -> None:
     """Every batch of a NaN replica fails, so it pushes (and pulls) nothing: it must resync on its own."""
     cfg = JobConfig(workers=1, partitions=1, max_records=400, sim=SimConfig(events=4000),
-                    ps=PSConfig(mode="async", grads_per_push=4))
+                    ps=PSConfig(mode="async", grads_per_push=4, push_budget=0))
     client = LocalParamClient([Shard(0, cfg.ps, cfg.model, cfg.optim)])
     worker = build_worker(cfg, 0, [0], client)
     worker.step()
@@ -216,7 +216,7 @@ def _hashed_job(workers: int, shards: int, buckets: int = 1 << 10, **ps: object)
     cfg = JobConfig(workers=workers, partitions=workers, max_records=300, n_features=200,
                     model=ModelConfig(kind="hashed", n_features=200, buckets=buckets),
                     data=DataConfig("synthetic", 200, 10, sparse_active=12), sim=SimConfig(events=6000),
-                    ps=PSConfig(**{"mode": "async", "shards": shards, "grads_per_push": 2, **ps}))  # type: ignore[arg-type]
+                    ps=PSConfig(**{"mode": "async", "shards": shards, "grads_per_push": 2, "push_budget": 0, **ps}))  # type: ignore[arg-type]
     client = LocalParamClient([Shard(i, cfg.ps, cfg.model, cfg.optim) for i in range(shards)])
     return cfg, client, [build_worker(cfg, w, [w], client) for w in range(workers)]
 
