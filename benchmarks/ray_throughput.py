@@ -72,7 +72,8 @@ BASE = [Row(w, m, s) for s in (1, 2) for m in ("async", "sync", "bounded") for w
 TUNING = [Row(w, "async", 1, gpp, b, "tuning") for w in (1, 2)
           for gpp, b in ((8, None), (128, None), (None, 32), (128, 32))]
 # the adaptive push cadence against a fixed grads_per_push, side by side
-CADENCE = [Row(w, "async", s, group="cadence", push_budget=b) for w, s in ((2, 1), (1, 2), (2, 2)) for b in (None, 0.0)]
+CADENCE = [Row(w, "async", s, group="cadence", push_budget=b) for w, s in ((1, 1), (2, 1), (1, 2), (2, 2))
+           for b in (None, 0.0)]
 GROUPS = {"base": BASE, "tuning": TUNING, "cadence": CADENCE, "all": BASE + TUNING,
           "min": [Row(1), Row(2), Row(2, "sync"), Row(2, "bounded"), Row(1, shards=2), Row(2, shards=2)]}
 

@@ -8,19 +8,21 @@ scheduled, and a second shard doubles the calls. A fixed group size keeps
 pushes cheap on one machine and not on another, and cheaper compute (a faster
 decoder, say) makes the same push a larger share.
 
-:class:`PushCadence` keeps that share near a budget: it smooths the measured
-cost of a push and the worker's other time per micro-batch over its steps, and
-sizes the next groups so that ``push / (push + group x per-batch) <= budget``,
-never fewer micro-batches than ``least`` (the configured grads_per_push) nor
-more than ``most``. Larger groups mean staler replicas between pushes, so the
-ceiling is a freshness bound, not a detail.
+:class:`PushCadence` keeps that share near a budget: from the cost of a push
+and the worker's other time per micro-batch over its recent steps (decayed
+sums, so a step that polled a handful of records after a wait weighs by its
+few micro-batches, not as a step), it sizes the next groups so that
+``push / (push + group x per-batch) <= budget``, never fewer micro-batches
+than ``least`` (the configured grads_per_push) nor more than ``most``. Larger
+groups mean staler replicas between pushes, so the ceiling is a freshness
+bound, not a detail.
 """
 
 from __future__ import annotations
 
 import math
 
-SMOOTHING = 0.2  # weight of the newest step in the moving averages
+DECAY = 0.8  # weight of the past in the sums, per step: about the last five steps count
 
 
 class PushCadence:
@@ -29,22 +31,29 @@ class PushCadence:
             raise ValueError(f"push cadence: need 1 <= least <= most, got {least}, {most}")
         self.least, self.most, self.budget = least, most, budget
         self.group = least  # micro-batches per push for the next step
-        self.push_seconds: float | None = None  # per push, smoothed
-        self.batch_seconds: float | None = None  # the rest of a step per micro-batch, smoothed
+        self.sums = [0.0, 0.0, 0.0, 0.0]  # decayed: push seconds, pushes, other seconds, micro-batches
+
+    @property
+    def push_seconds(self) -> float | None:
+        """Seconds per push, recently."""
+        return self.sums[0] / self.sums[1] if self.sums[1] else None
+
+    @property
+    def batch_seconds(self) -> float | None:
+        """Seconds of everything else per micro-batch, recently."""
+        return self.sums[2] / self.sums[3] if self.sums[3] else None
 
     def observe(self, push_seconds: float, pushes: int, other_seconds: float, batches: int) -> None:
         """A step made ``pushes`` pushes taking ``push_seconds`` and spent ``other_seconds`` on everything else
         (polling, decoding, ``batches`` micro-batches of compute)."""
         if self.budget <= 0 or pushes <= 0 or batches <= 0:
             return
-        self.push_seconds = _smoothed(self.push_seconds, push_seconds / pushes)
-        self.batch_seconds = _smoothed(self.batch_seconds, max(other_seconds, 0.0) / batches)
-        if self.batch_seconds <= 0:
+        step = (push_seconds, pushes, max(other_seconds, 0.0), batches)
+        self.sums = [DECAY * old + new for old, new in zip(self.sums, step, strict=True)]
+        push, batch = self.push_seconds, self.batch_seconds
+        assert push is not None and batch is not None
+        if batch <= 0:
             self.group = self.most
             return
-        want = self.push_seconds * (1 - self.budget) / (self.budget * self.batch_seconds)
+        want = push * (1 - self.budget) / (self.budget * batch)
         self.group = min(self.most, max(self.least, math.ceil(want)))
-
-
-def _smoothed(old: float | None, new: float) -> float:
-    return new if old is None else old + SMOOTHING * (new - old)

@@ -196,9 +196,8 @@ class Worker:
         while len(self.buffer) >= size or (drain and self.buffer):
             batches.append(self.buffer[:size])
             self.buffer = self.buffer[size:]
-        group = 1 if self.cfg.mode == "sync" else self.cadence.group
-        for i in range(0, len(batches), group):
-            self._train(batches[i : i + group], out)
+        for group in self._groups(batches):
+            self._train(group, out)
         if not batches and self.cfg.mode == "sync":
             self._push(None, [], [], out)  # say "nothing this round" so the round can close
         if drain and self._inflight is not None:
@@ -215,6 +214,17 @@ class Worker:
         if self.cfg.mode != "sync":
             self.cadence.observe(out.push_seconds, out.pushes, out.step_seconds - out.push_seconds, len(batches))
         return out
+
+    def _groups(self, batches: list[list[Example]]) -> list[list[list[Example]]]:
+        """A step's micro-batches cut into pushes of about the cadence's group size, evenly (a poll's 125
+        micro-batches at 84 are one push of 125, not 84 then 41), never more than the most a push may carry.
+        Sync mode: one micro-batch each."""
+        if self.cfg.mode == "sync" or not batches:
+            return [[b] for b in batches]
+        most = self.cadence.most
+        n = max(-(-len(batches) // most), round(len(batches) / self.cadence.group), 1)
+        size = -(-len(batches) // n)
+        return [batches[i : i + size] for i in range(0, len(batches), size)]
 
     def flush(self) -> StepResult:
         """Settle the push in flight, if any: afterwards the servers hold every gradient sent."""
