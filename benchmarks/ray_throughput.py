@@ -74,7 +74,9 @@ TUNING = [Row(w, "async", 1, gpp, b, "tuning") for w in (1, 2)
 # the adaptive push cadence against a fixed grads_per_push, side by side
 CADENCE = [Row(w, "async", s, group="cadence", push_budget=b) for w, s in ((1, 1), (2, 1), (1, 2), (2, 2))
            for b in (None, 0.0)]
-GROUPS = {"base": BASE, "tuning": TUNING, "cadence": CADENCE, "all": BASE + TUNING,
+# sync mode makes a round trip per micro-batch: its share shrinks only with a larger micro-batch
+SYNC = [Row(2, "sync", batch_size=b, group="sync") for b in (None, 32, 128)]
+GROUPS = {"base": BASE, "tuning": TUNING, "cadence": CADENCE, "sync": SYNC, "all": BASE + TUNING,
           "min": [Row(1), Row(2), Row(2, "sync"), Row(2, "bounded"), Row(1, shards=2), Row(2, shards=2)]}
 
 
