@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
     p.add_argument("--rows", choices=sorted(GROUPS), default="all",
                    help="base: 1/2 workers x sync/async/bounded x 1/2 shards; tuning: grads-per-push and "
-                        "batch size; min: the six rows the issue asks for; all: base + tuning")
+                        "batch size; cadence: the push budget vs a fixed grads-per-push; sync: sync mode at "
+                        "micro-batch 4, 32, 128; min: the six rows the issue asks for; all: base + tuning")
     p.add_argument("--repeat", type=int, default=1, help="runs per row; the median-rate run is reported")
     p.add_argument("--grads-per-push", type=int, help="for every row that does not set its own")
     args = p.parse_args(argv)

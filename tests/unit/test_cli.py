@@ -24,6 +24,8 @@ def run_cli(*args: str) -> tuple[int, list[dict], str]:
         (["evaluate", "--lr", "-1"], "lr"),
         (["evaluate", "--objective", "hinge"], "--objective"),
         (["evaluate", "--batch-size", "0"], "--batch-size"),
+        (["demo", "--push-budget", "1.5"], "push_budget"),
+        (["demo", "--max-grads-per-push", "0"], "--max-grads-per-push"),
         (["frobnicate"], "invalid choice"),
     ],
 )
