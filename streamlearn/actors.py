@@ -11,7 +11,6 @@ import math
 import struct
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -20,9 +19,8 @@ import torch
 
 from streamlearn.learner import OptimConfig
 from streamlearn.model import ModelConfig, build_model
-from streamlearn.paramserver import InOrder, Layout, PSConfig, PushResult, RowLayout, Shard, split
-from streamlearn.replica import WeightUpdate
-from streamlearn.worker import StepResult, Weights, tune_gc
+from streamlearn.paramserver import InOrder, Layout, PSConfig, PushResult, RowLayout, Shard
+from streamlearn.worker import StepResult, tune_gc
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
@@ -42,60 +40,45 @@ class ParamServerActor:
         self._width = sum(p.numel() for p in self.shard.params)  # columns of this shard's flat state
         self._state_rows = len(self.shard.flat().rows)  # weights, and Adagrad's sums if any
 
-    async def push(self, worker: int, grads: Any, version: int, norms: Sequence[float],
-                   pull: bool = False, client: str = "", seq: int = 0) -> tuple[PushResult, Weights | None]:
-        """Sync mode: a worker's gradient for the open round (None: it had nothing); returns when it closed."""
-        if self.cfg.mode != "sync":
-            raise ValueError(f"gradient pushes are for sync mode; in {self.cfg.mode} mode workers push updates")
-        await self._order.turn(client, seq)
-        grads = self._unpack(grads)
-        self.shard.add_to_round(worker, grads[0] if grads else None, norms[0] if norms else 0.0)
-        closed, round_id = self._closed, self._round
-        if len(self.shard.round) == 1:  # a timer, not a sleeping task per round: rounds close in ~1 ms
-            self._deadline = asyncio.get_running_loop().call_later(self.cfg.sync_timeout_seconds, self._timeout,
-                                                                   round_id)
-        if len(self.shard.round) >= self.workers:
-            self._close_round()
-        await closed.wait()
-        kept = [True] if grads else []
-        result = self.shard.stamp(PushResult(applied=len(kept), kept=kept, staleness=[0] * len(kept)))
-        return result, (self._weights(None) if pull else None)
-
     async def push_update(self, message: bytes) -> bytes:
-        """A dense model's update (async, bounded), packed by :func:`pack_update`: one addition, however
-        many steps it carries. The reply is packed by :func:`pack_reply`."""
+        """A dense model's update, packed by :func:`pack_update`: one addition, however many steps it carries
+        (sync mode: the round's average, once the round closed). The reply is packed by :func:`pack_reply`."""
         head, update = unpack_update(message, self._width)
         await self._order.turn(head.client.hex(), head.seq)
-        result = self.shard.add_update(update, head.steps, head.version)
+        if self.cfg.mode == "sync":
+            result = await self._in_round(head, update, None)
+        else:
+            result = self.shard.add_update(update, head.steps, head.version)
         return pack_reply(result, self.shard.flat().read() if head.pull else None)
 
     async def push_rows(self, message: bytes) -> bytes:
-        """A sparse model's update (async, bounded), packed by :func:`pack_rows`: added to its rows; the
-        reply, packed by :func:`pack_reply`, carries those rows' state after."""
+        """A sparse model's update, packed by :func:`pack_rows`: added to its rows (sync mode: averaged into
+        the round); the reply, packed by :func:`pack_reply`, carries those rows' state after."""
         head, rows, update = unpack_rows(message, self._state_rows)
         await self._order.turn(head.client.hex(), head.seq)
-        result = self.shard.add_update(update, head.steps, head.version, rows)
+        if self.cfg.mode == "sync":
+            result = await self._in_round(head, update, rows)
+        else:
+            result = self.shard.add_update(update, head.steps, head.version, rows)
         return pack_reply(result, self.shard.row_state().read(rows))
+
+    async def _in_round(self, head: UpdateHead, update: np.ndarray, rows: np.ndarray | None) -> PushResult:
+        """Sync mode: put a worker's update (no steps: it had nothing) in the open round; return once the
+        round closed, when every worker's update is in or sync_timeout_seconds after it opened."""
+        self.shard.add_to_round(head.worker, update, head.steps, rows)
+        closed = self._closed
+        if len(self.shard.round) == 1:  # a timer, not a sleeping task per round: rounds close in ~1 ms
+            self._deadline = asyncio.get_running_loop().call_later(self.cfg.sync_timeout_seconds, self._timeout,
+                                                                   self._round)
+        if len(self.shard.round) >= self.workers:
+            self._close_round()
+        await closed.wait()
+        return self.shard.stamp(PushResult(applied=head.steps, kept=[True] * head.steps,
+                                           staleness=[0] * head.steps))
 
     async def pull_rows(self, rows: np.ndarray) -> tuple[int, np.ndarray]:
         """A sparse model's state on ``rows`` (this shard's own numbering), accumulators included."""
         return self.shard.version, self.shard.row_state().read(rows)
-
-    def _unpack(self, grads: Any) -> list[list[torch.Tensor]]:
-        """Dense gradients travel as one (k, P) array: rows are gradients, flattened over the shard's params;
-        sparse ones as :class:`SparseGrads`."""
-        if isinstance(grads, SparseGrads):
-            return grads.unpack()
-        if not isinstance(grads, np.ndarray):
-            return list(grads or [])
-        out = []
-        for row in torch.from_numpy(np.array(grads)):  # a writable copy of Ray's read-only buffer
-            parts, at = [], 0
-            for p in self.shard.params:
-                parts.append(row[at : at + p.numel()].view_as(p))
-                at += p.numel()
-            out.append(parts)
-        return out
 
     def _close_round(self) -> None:
         if self._deadline is not None:
@@ -110,22 +93,9 @@ class ParamServerActor:
         if self._round == round_id and self.shard.round:
             self._close_round()
 
-    async def pull(self, rows: torch.Tensor | None) -> tuple[int, Weights]:
-        return self.shard.version, self._weights(rows)
-
-    def _weights(self, rows: torch.Tensor | None) -> Weights:
-        """A dense model's flat state (weights and accumulators), or a sparse model's rows."""
-        if not self.sparse:
-            return self.shard.flat().read()
-        out: WeightUpdate = {}
-        for i, p in enumerate(self.shard.params):
-            lo, hi = self.shard.ranges[i]
-            if rows is not None and i in self.sparse:
-                mine = rows[(rows >= lo) & (rows < hi)]
-                out[i] = (mine, self.shard.rows(i, mine))
-            else:
-                out[i] = p.detach().clone()
-        return out
+    async def pull(self) -> tuple[int, np.ndarray]:
+        """A dense model's flat state (weights and accumulators)."""
+        return self.shard.version, self.shard.flat().read()
 
     async def set_workers(self, workers: int) -> None:
         self.workers = workers
@@ -165,19 +135,6 @@ class RayParamClient:
             raise TypeError("row updates need a model with row parameters (the hashed model)")
         return self.rows_layout
 
-    def submit(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
-               norms: Sequence[float], pull: bool = False) -> _Pending:
-        n = len(self.shards)
-        if grads is None:
-            per_shard: list[Any] = [None] * n
-        else:
-            parts = [split(g, n) for g in grads] if n > 1 else [[list(g)] for g in grads]  # [grad][shard]
-            per_shard = [_pack([p[s] for p in parts]) for s in range(n)]
-        self.seq += 1
-        return _Pending([s.push.remote(worker, g, version, norms, pull, self.token.hex(), self.seq)
-                         for s, g in zip(self.shards, per_shard, strict=True)],
-                        lambda replies: (replies[0][0], self.merge([r[1] for r in replies]) if pull else None))
-
     def submit_update(self, worker: int, update: np.ndarray, count: int, version: int,
                       pull: bool = False) -> _Pending:
         self.seq += 1
@@ -186,7 +143,7 @@ class RayParamClient:
                          for s, u in zip(self.shards, self.layout.split(update), strict=True)],
                         lambda replies: self._update_reply(replies, count, len(update)))
 
-    def _update_reply(self, replies: list[bytes], count: int, state_rows: int) -> tuple[PushResult, Weights | None]:
+    def _update_reply(self, replies: list[bytes], count: int, state_rows: int) -> tuple[PushResult, np.ndarray | None]:
         results = [unpack_reply(r, count, state_rows) for r in replies]
         states = [r[1] for r in results if r[1] is not None]
         return results[0][0], (self.layout.merge(states) if states else None)
@@ -209,26 +166,9 @@ class RayParamClient:
         results = ray.get([s.pull_rows.remote(r) for s, r in zip(self.shards, parts, strict=True)])
         return results[0][0], self.rows.merge([r[1] for r in results], [len(r) for r in parts])
 
-    def pull(self, rows: torch.Tensor | None) -> tuple[int, Weights]:
-        results = ray.get([s.pull.remote(rows) for s in self.shards])
-        return results[0][0], self.merge([r[1] for r in results])
-
-    def merge(self, parts: Sequence[Weights]) -> Weights:
-        """Join the shards' flat states (dense), or their row ranges and requested rows (sparse)."""
-        if isinstance(parts[0], np.ndarray):
-            return self.layout.merge([p for p in parts if isinstance(p, np.ndarray)])
-        return self._merge_rows([p for p in parts if isinstance(p, dict)])
-
-    @staticmethod
-    def _merge_rows(results: Sequence[WeightUpdate]) -> WeightUpdate:
-        merged: WeightUpdate = {}
-        for i in results[0]:
-            parts = [r[i] for r in results]
-            if isinstance(parts[0], tuple):
-                merged[i] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
-            else:
-                merged[i] = torch.cat([p for p in parts if isinstance(p, torch.Tensor)], dim=0)
-        return merged
+    def pull(self) -> tuple[int, np.ndarray]:
+        results = ray.get([s.pull.remote() for s in self.shards])
+        return results[0][0], self.layout.merge([r[1] for r in results])
 
 
 class _Pending:
@@ -306,58 +246,6 @@ def unpack_reply(message: bytes, count: int, rows: int) -> tuple[PushResult, np.
     if len(message) == _REPLY_HEAD.size:
         return result, None
     return result, np.frombuffer(message, dtype=np.float32, offset=_REPLY_HEAD.size).reshape(rows, -1)
-
-
-def _pack(grads: list[list[torch.Tensor]]) -> Any:
-    """Dense gradients as one (k, P) float32 array (one object to serialise, not k x params tensors)."""
-    if any(t.is_sparse for g in grads for t in g):
-        return SparseGrads.pack(grads)
-    return torch.stack([torch.cat([t.reshape(-1) for t in g]) for g in grads]).numpy()
-
-
-@dataclass
-class SparseGrads:
-    """k gradients of a model with sparse (row) parameters, as a few numpy arrays per parameter.
-
-    Pickling torch sparse tensors one by one cost 5.5 ms to send 64 of the hashed model's gradients
-    and 10.9 ms to read them at the server (295 KB); their rows and values concatenated cost a
-    fraction of that. Dense parameters: one (k, ...) array. Sparse ones: every gradient's row indices
-    and values end to end, with each gradient's row count.
-    """
-
-    shapes: list[tuple[int, ...]]
-    dense: dict[int, np.ndarray]  # param -> (k, ...)
-    rows: dict[int, np.ndarray]  # param -> (N,) int64, N = sum of counts
-    values: dict[int, np.ndarray]  # param -> (N, ...)
-    counts: dict[int, np.ndarray]  # param -> (k,) rows per gradient
-
-    @classmethod
-    def pack(cls, grads: list[list[torch.Tensor]]) -> SparseGrads:
-        out = cls([tuple(t.shape) for t in grads[0]], {}, {}, {}, {})
-        for j, t0 in enumerate(grads[0]):
-            if not t0.is_sparse:
-                out.dense[j] = np.stack([g[j].detach().numpy() for g in grads])
-                continue
-            parts = [g[j].coalesce() for g in grads]  # no-op for the models' own (coalesced) gradients
-            out.rows[j] = np.concatenate([t._indices()[0].numpy() for t in parts])
-            out.values[j] = np.concatenate([t._values().numpy() for t in parts])
-            out.counts[j] = np.array([t._nnz() for t in parts], dtype=np.int64)
-        return out
-
-    def unpack(self) -> list[list[torch.Tensor]]:
-        k = len(next(iter(self.dense.values()))) if self.dense else len(next(iter(self.counts.values())))
-        out: list[list[torch.Tensor]] = [[] for _ in range(k)]
-        for j, shape in enumerate(self.shapes):
-            if j in self.dense:
-                for i in range(k):
-                    out[i].append(torch.from_numpy(self.dense[j][i].copy()))  # Ray's buffers are read-only
-                continue
-            ends = np.cumsum(self.counts[j])
-            for i, (a, b) in enumerate(zip(ends - self.counts[j], ends, strict=True)):
-                idx = torch.from_numpy(self.rows[j][a:b].copy())[None]
-                out[i].append(torch.sparse_coo_tensor(idx, torch.from_numpy(self.values[j][a:b].copy()), shape,
-                                                      is_coalesced=True))
-        return out
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)

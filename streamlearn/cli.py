@@ -225,7 +225,7 @@ def _add_job(p: argparse.ArgumentParser, embedded: bool) -> None:
     g.add_argument("--max-staleness", type=_positive_int, help="bounded mode: versions a gradient may lag")
     g.add_argument("--stale-policy", choices=STALE_POLICIES, help="bounded mode: drop or downweight stale gradients")
     g.add_argument("--grads-per-push", type=_positive_int,
-                   help="micro-batches per push, at least (async, bounded; default 64)")
+                   help="micro-batches per push (sync: per round), at least (default 64)")
     g.add_argument("--push-budget", type=float,
                    help="share of a worker's step time its pushes may take before a push carries more "
                         "micro-batches (default 0.04; 0: a fixed --grads-per-push)")

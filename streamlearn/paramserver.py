@@ -14,21 +14,25 @@ Modes (``PSConfig.mode``):
   ``max_staleness`` versions old is dropped (or down-weighted by
   ``1 / (1 + excess)``), and counted.
 
-* ``sync``: one round = one gradient (or an explicit "nothing") from every
-  worker; the server averages the gradients it got and takes one step. A
-  round also closes ``sync_timeout_seconds`` after it opened, so a dead or
-  stuck worker cannot stall the job. The waiting lives in the Ray actor
-  (:mod:`streamlearn.actors`); :class:`Shard` only holds the round.
+* ``sync``: rounds. Every worker starts a round from the same weights, takes
+  its group's local steps, and pushes their change (or an explicit
+  "nothing"); the server averages the round's updates, weighted by their
+  steps (a sparse model: per row, over the updates that touched it), adds
+  the average, and replies to all at once (local SGD with periodic
+  averaging; with one micro-batch per round and plain SGD, the average of
+  the workers' gradients). A round also closes ``sync_timeout_seconds``
+  after it opened, so a dead or stuck worker cannot stall the job. The
+  waiting lives in the Ray actor (:mod:`streamlearn.actors`); :class:`Shard`
+  only holds the round.
 
-Outside sync mode a worker pushes *updates*, not gradients: the change its
-own optimizer steps made to its replica's weights and accumulators over a
-group of micro-batches (a dense model's :class:`~streamlearn.learner.FlatState`,
-a sparse model's :class:`~streamlearn.learner.RowState` on the rows the group
-touched), which the server adds (:meth:`Shard.add_update`): one addition per
-push instead of one optimizer step per gradient, and a push of two rows
-instead of one row per gradient (Downpour SGD's accumulated updates). A
-version counts the gradients in the model either way, so staleness means the
-same.
+A worker pushes *updates*, not gradients: the change its own optimizer steps
+made to its replica's weights and accumulators over a group of micro-batches
+(a dense model's :class:`~streamlearn.learner.FlatState`, a sparse model's
+:class:`~streamlearn.learner.RowState` on the rows the group touched), which
+the server adds (:meth:`Shard.add_update`): one addition per push instead of
+one optimizer step per gradient, and a push of two rows instead of one row
+per gradient (Downpour SGD's accumulated updates). A version counts the
+gradients in the model, so staleness counts gradients too.
 """
 
 from __future__ import annotations
@@ -39,14 +43,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from math import prod
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from streamlearn.divergence import clip_scale
-from streamlearn.learner import FlatState, OptimConfig, RowState, build_optimizer, step
+from streamlearn.learner import FlatState, OptimConfig, RowState, build_optimizer
 from streamlearn.model import ModelConfig, build_model
 
 PS_MODES = ("sync", "async", "bounded")
@@ -64,7 +67,7 @@ class PSConfig:
     max_staleness: int = 256
     stale_policy: str = "drop"  # bounded: drop | downweight gradients past max_staleness
     sync_timeout_seconds: float = 5.0  # sync: a round closes after this long even if a worker is silent
-    # async/bounded: micro-batches per push (their steps' update, or their gradients), at least; a push costs
+    # micro-batches per push (sync: per round; their local steps' update), at least; a push costs
     # about the same however much it carries, so a worker carries more per push while its pushes take more
     # than push_budget of its step time (0: never), up to max_grads_per_push (bounded mode: also
     # max_staleness // 4, so that a foreign push or two stay within the bound). 1 worker on 2 cores: 64 is
@@ -98,24 +101,6 @@ class PSConfig:
 def row_range(n_rows: int, shard: int, shards: int) -> tuple[int, int]:
     """Rows [lo, hi) of a tensor with n_rows rows that shard ``shard`` holds."""
     return (n_rows * shard) // shards, (n_rows * (shard + 1)) // shards
-
-
-def split(tensors: Sequence[torch.Tensor], shards: int) -> list[list[torch.Tensor]]:
-    """Split full-size gradients (dense or sparse COO) by rows: result[s] is shard s's slice."""
-    out: list[list[torch.Tensor]] = [[] for _ in range(shards)]
-    for t in tensors:
-        n = t.shape[0]
-        if t.is_sparse:
-            t = t.coalesce()
-            idx, vals = t.indices()[0], t.values()
-        for s in range(shards):
-            lo, hi = row_range(n, s, shards)
-            if t.is_sparse:
-                keep = (idx >= lo) & (idx < hi)
-                out[s].append(torch.sparse_coo_tensor((idx[keep] - lo)[None], vals[keep], (hi - lo, *t.shape[1:])))
-            else:
-                out[s].append(t[lo:hi])
-    return out
 
 
 def merge(slices: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
@@ -228,6 +213,34 @@ class PushResult:
     clip_norm: float | None = None  # the guard's gradient clip while diverging: workers clip with it
 
 
+class Contribution(NamedTuple):
+    """A worker's update in an open sync round."""
+
+    update: np.ndarray  # (R, P) flat state change, or (R, rows x cols + dense) row state change
+    steps: int  # the optimizer steps it carries
+    rows: np.ndarray | None  # a sparse model's rows (sorted, this shard's numbering)
+
+
+def _row_mean(got: Sequence[Contribution], cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse updates averaged: each row over the updates that touched it, the dense part over all, each
+    weighted by its steps. Returns (the union of the rows, the mean as a row state change on them)."""
+    rows = np.unique(np.concatenate([c.rows for c in got if c.rows is not None]))
+    first = got[0].update
+    table = np.zeros((first.shape[0], len(rows), cols))  # (R, rows, cols) sums
+    weight = np.zeros(len(rows))  # steps per row
+    dense = np.zeros((first.shape[0], first.shape[1] - (0 if got[0].rows is None else len(got[0].rows)) * cols))
+    for c in got:
+        assert c.rows is not None
+        at = np.searchsorted(rows, c.rows)
+        n = len(c.rows) * cols
+        table[:, at, :] += c.steps * c.update[:, :n].reshape(c.update.shape[0], len(c.rows), cols)
+        weight[at] += c.steps
+        dense += c.steps * c.update[:, n:]
+    table /= np.maximum(weight, 1)[None, :, None]
+    dense /= sum(c.steps for c in got)
+    return rows, np.concatenate([table.reshape(first.shape[0], -1), dense], axis=1)
+
+
 class Shard:
     """Rows [lo, hi) of every parameter, with their optimizer state and a version counter."""
 
@@ -243,7 +256,7 @@ class Shard:
         self.version = 0
         self.clip_norm: float | None = None  # set by the divergence guard while diverging
         self._good: dict[str, Any] | None = None
-        self.round: dict[int, list[torch.Tensor] | None] = {}  # sync: worker -> gradient (None: idle)
+        self.round: dict[int, Contribution | None] = {}  # sync: worker -> its update (None: it had nothing)
 
     # -- updates -----------------------------------------------------------
 
@@ -283,24 +296,30 @@ class Shard:
         out.clip_norm = self.clip_norm
         return out
 
-    def add_to_round(self, worker: int, grads: Sequence[torch.Tensor] | None, norm: float) -> None:
-        """Sync: record this worker's gradient for the open round (None: it had nothing)."""
-        scaled = None if grads is None else [g * clip_scale(norm, self.clip_norm) for g in grads]
-        self.round[worker] = scaled
+    def add_to_round(self, worker: int, update: np.ndarray | None, count: int,
+                     rows: np.ndarray | None = None) -> None:
+        """Sync: record this worker's update for the open round (None or no steps: it had nothing)."""
+        self.round[worker] = None if update is None or count <= 0 else Contribution(update, count, rows)
 
     def close_round(self) -> int:
-        """Sync: average the round's gradients, take one step; returns how many were averaged."""
-        got = [g for g in self.round.values() if g is not None]
+        """Sync: add the average of the round's updates; returns the gradients (steps) they carried."""
+        got = [c for c in self.round.values() if c is not None]
         self.round = {}
         if not got:
             return 0
-        mean = [sum(parts[1:], parts[0]) / len(got) for parts in zip(*got, strict=True)]
-        self._step(mean, 1.0)
-        return len(got)
-
-    def _step(self, grads: Sequence[torch.Tensor], scale: float) -> None:
-        step(self.optimizer, self.params, grads, scale)
-        self.version += 1
+        steps = sum(c.steps for c in got)
+        if len(got) == 1:  # one worker's update as sent: one worker stays the single-process loop to the bit
+            rows, mean = got[0].rows, got[0].update
+        elif not self.sparse:
+            rows, mean = None, np.sum([c.update * c.steps for c in got], axis=0) / steps  # (R, P)
+        else:
+            rows, mean = _row_mean(got, self.row_state().cols)
+        if rows is None:
+            self.flat().add(mean, steps=max(c.steps for c in got))
+        else:
+            self.row_state().add(rows, mean, steps=max(c.steps for c in got))
+        self.version += steps
+        return steps
 
     # -- reads -------------------------------------------------------------
 
@@ -422,15 +441,11 @@ class LocalParamClient:
         if self.sparse:
             self.rows_layout = RowLayout.of(self.shards[0].shapes, self.shards[0].sparse, len(self.shards))
 
-    def submit(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
-               norms: Sequence[float], pull: bool = False) -> Done:
-        raise TypeError("gradient pushes are sync mode's, which needs the Ray actor; outside it workers push updates")
-
     def submit_update(self, worker: int, update: np.ndarray, count: int, version: int,
                       pull: bool = False) -> Done:
         results = [s.add_update(u, count, version) for s, u in zip(self.shards, self.layout.split(update),
                                                                    strict=True)]
-        return Done((results[0], self.pull(None)[1] if pull else None), self.replies_ready)
+        return Done((results[0], self.pull()[1] if pull else None), self.replies_ready)
 
     def submit_rows(self, worker: int, rows: np.ndarray, update: np.ndarray, count: int, version: int) -> Done:
         parts = self.rows_layout.split(rows, update)
@@ -444,8 +459,5 @@ class LocalParamClient:
         return self.shards[0].version, self.rows_layout.merge(
             [s.row_state().read(r) for s, r in zip(self.shards, parts, strict=True)], [len(r) for r in parts])
 
-    def pull(self, rows: torch.Tensor | None) -> tuple[int, Any]:
-        if not self.sparse:
-            return self.shards[0].version, self.layout.merge([s.flat().read() for s in self.shards])
-        full = merge([s.weights() for s in self.shards])
-        return self.shards[0].version, dict(enumerate(full))
+    def pull(self) -> tuple[int, np.ndarray]:
+        return self.shards[0].version, self.layout.merge([s.flat().read() for s in self.shards])

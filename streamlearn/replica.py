@@ -7,21 +7,16 @@ is the replica's state when the push went out: the worker keeps the steps it
 took since, and with one worker the replica stays the servers' model exactly.
 A pull is copied. A dense model's state is its flat state
 (:class:`~streamlearn.learner.FlatState`), a sparse one's the rows a push or
-pull covers (:class:`~streamlearn.learner.RowState`); sync mode's sparse
-pulls bring weights only (:data:`WeightUpdate`).
+pull covers (:class:`~streamlearn.learner.RowState`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from streamlearn.learner import Learner
 
 NEVER = np.iinfo(np.int64).min // 2  # loaded_at of a row never loaded
-
-# a sparse model's weights: param index -> full tensor, or (rows (R,), values (R, ...)) for the rows asked
-WeightUpdate = dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 
 
 class Replica:
@@ -87,21 +82,6 @@ class Replica:
             their_base[:, len(their_rows) * rs.cols :] += change[:, len(rows) * rs.cols :]
         self.loaded_at[rows] = version
         return float(np.dot(change[0], change[0]))
-
-    def load_weights(self, update: WeightUpdate) -> float:
-        """A sparse model's pull in sync mode: the rows asked for, and its dense parameters whole."""
-        params = self.learner.params
-        drift = 0.0
-        with torch.no_grad():
-            for i, value in update.items():
-                if isinstance(value, tuple):
-                    r, v = value
-                    drift += float(((params[i][r] - v).double() ** 2).sum())
-                    params[i][r] = v
-                else:
-                    drift += float(((params[i] - value).double() ** 2).sum())
-                    params[i].copy_(value)
-        return drift
 
 
 def _merged(current: np.ndarray, state: np.ndarray, base: np.ndarray | None) -> np.ndarray:

@@ -6,18 +6,19 @@ is testable without Ray or Kafka.
 
 One :meth:`Worker.step` polls one batch of records and trains on every full
 micro-batch it yields, in groups: one call to the servers per group (never one
-call per event). In sync mode a group is one gradient; outside it at least
-``grads_per_push`` micro-batches, more while pushes take more than
-``push_budget`` of the worker's time (:mod:`streamlearn.cadence`). Outside it the worker steps its replica's own
-optimizer on each micro-batch and sends what the group's steps changed,
-weights and Adagrad accumulators: a dense model's whole flat state (one
-update of two rows however many micro-batches), a sparse model's rows that
-the group touched and its dense parameters. A dense replica pulls fresh
-weights every ``pull_every`` pushes, or as soon as it is ``max_staleness``
-versions behind; a sparse one gets its pushed rows back in every reply and
-pulls, before a group, the rows it needs that it last loaded more than
-``max_staleness`` versions ago. Replies also set its learning rate and
-gradient clip (the divergence guard changes them at the servers).
+call per event), of at least ``grads_per_push`` micro-batches, more while
+pushes take more than ``push_budget`` of the worker's time
+(:mod:`streamlearn.cadence`). The worker steps its replica's own optimizer on
+each micro-batch and sends what the group's steps changed, weights and
+Adagrad accumulators: a dense model's whole flat state (one update of two
+rows however many micro-batches), a sparse model's rows that the group
+touched and its dense parameters. A dense replica pulls fresh weights every
+``pull_every`` pushes, or as soon as it is ``max_staleness`` versions behind
+(sync mode: with every push, the round's result); a sparse one gets its
+pushed rows back in every reply and pulls, before a group, the rows it needs
+that it last loaded more than ``max_staleness`` versions ago. Replies also
+set its learning rate and gradient clip (the divergence guard changes them
+at the servers).
 
 Outside sync mode a push does not block: the worker sends group
 i and goes on (polling, decoding, computing group i + 1, across steps) while
@@ -39,14 +40,13 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from streamlearn.cadence import PushCadence
 from streamlearn.divergence import clip_scale
@@ -54,7 +54,7 @@ from streamlearn.events import Example
 from streamlearn.ingest import DeadLetter, Ingest
 from streamlearn.learner import BatchStats, Learner
 from streamlearn.paramserver import PSConfig, PushResult
-from streamlearn.replica import Replica, WeightUpdate
+from streamlearn.replica import Replica
 from streamlearn.source import EventSource, TopicPartition
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,6 @@ log = logging.getLogger(__name__)
 _LINEAGE_KEY = attrgetter("partition", "positive")
 LOSS_SAMPLE = 64  # per-example losses a step reports for the loss histogram (a sample: cheap)
 
-# what a pull brings: a dense model's flat state (weights and accumulators, learner.FlatState), or the above
-Weights = np.ndarray | WeightUpdate
 
 
 def tune_gc() -> None:
@@ -79,7 +77,7 @@ def tune_gc() -> None:
 
 
 class PendingPush(Protocol):
-    def result(self) -> tuple[PushResult, Weights | None]:
+    def result(self) -> tuple[PushResult, np.ndarray | None]:
         """Wait for the servers' reply."""
         ...
 
@@ -89,14 +87,10 @@ class PendingPush(Protocol):
 
 
 class ParamClient(Protocol):
-    def submit(self, worker: int, grads: Sequence[Sequence[torch.Tensor]] | None, version: int,
-               norms: Sequence[float], pull: bool = False) -> PendingPush:
-        """Send gradients without waiting; with ``pull``, the reply also carries the weights after applying them."""
-        ...
-
     def submit_update(self, worker: int, update: np.ndarray, count: int, version: int,
                       pull: bool = False) -> PendingPush:
-        """Send a dense update (the change of ``count`` local steps) without waiting; ``pull`` as in submit."""
+        """Send a dense update (the change of ``count`` local steps) without waiting; with ``pull``, the reply
+        also carries the servers' flat state after applying it."""
         ...
 
     def submit_rows(self, worker: int, rows: np.ndarray, update: np.ndarray, count: int,
@@ -105,7 +99,9 @@ class ParamClient(Protocol):
         state after applying it (a :class:`~streamlearn.learner.RowState` array)."""
         ...
 
-    def pull(self, rows: torch.Tensor | None) -> tuple[int, Weights]: ...
+    def pull(self) -> tuple[int, np.ndarray]:
+        """A dense model's flat state (weights and accumulators, :class:`~streamlearn.learner.FlatState`)."""
+        ...
 
     def pull_rows(self, rows: np.ndarray) -> tuple[int, np.ndarray]:
         """A sparse model's state (weights and accumulators) on ``rows`` (sorted)."""
@@ -168,8 +164,8 @@ class Worker:
         self._behind = 0  # versions the replica lagged at the last push
         self._pulled_once = False
         self._inflight: _Push | None = None
-        # outside sync mode a push is an update (not gradients): a dense model's flat state, a sparse one's rows
-        self.row_updates = learner.model.sparse and ps_cfg.mode != "sync"
+        # a push is an update (not gradients): a dense model's flat state, a sparse one's rows
+        self.row_updates = learner.model.sparse
         self.replica = Replica(learner, self.row_updates)  # merges replies and pulls into the learner's model
         self.clip_norm: float | None = None  # the servers' gradient clip, from their last reply
         self.cadence = PushCadence(ps_cfg.grads_per_push, ps_cfg.most_grads_per_push, ps_cfg.push_budget)
@@ -199,7 +195,7 @@ class Worker:
         for group in self._groups(batches):
             self._train(group, out)
         if not batches and self.cfg.mode == "sync":
-            self._push(None, [], [], out)  # say "nothing this round" so the round can close
+            self._push_nothing(out)
         if drain and self._inflight is not None:
             self._settle(self._inflight, out)
         out.counts = Counter(self.ingest.counts) - before_counts
@@ -211,16 +207,14 @@ class Worker:
         if callable(lag):
             out.lag = lag()
         out.step_seconds = time.perf_counter() - started
-        if self.cfg.mode != "sync":
-            self.cadence.observe(out.push_seconds, out.pushes, out.step_seconds - out.push_seconds, len(batches))
+        self.cadence.observe(out.push_seconds, out.pushes, out.step_seconds - out.push_seconds, len(batches))
         return out
 
     def _groups(self, batches: list[list[Example]]) -> list[list[list[Example]]]:
         """A step's micro-batches cut into pushes of about the cadence's group size, evenly (a poll's 125
-        micro-batches at 84 are one push of 125, not 84 then 41), never more than the most a push may carry.
-        Sync mode: one micro-batch each."""
-        if self.cfg.mode == "sync" or not batches:
-            return [[b] for b in batches]
+        micro-batches at 84 are one push of 125, not 84 then 41), never more than the most a push may carry."""
+        if not batches:
+            return []
         most = self.cadence.most
         n = max(-(-len(batches) // most), round(len(batches) / self.cadence.group), 1)
         size = -(-len(batches) // n)
@@ -235,7 +229,7 @@ class Worker:
         return out
 
     def _train(self, batches: list[list[Example]], out: StepResult) -> None:
-        """Compute (and, outside sync mode, apply locally) each batch's gradient; push the group in one call.
+        """Compute each batch's gradient and apply it locally; push what the group's steps changed in one call.
 
         Applying locally means the i-th gradient of a group sees the worker's own i - 1
         earlier steps, so one worker reproduces the single-process loop exactly and
@@ -250,10 +244,9 @@ class Worker:
             rows = np.unique(np.concatenate([p.inputs[0].numpy() for p in prepared]))  # (R,) the rows they touch
             self._pull_stale(rows, out)
         elif self._pull_due():
-            self._pull(prepared, out)
-        local = self.cfg.mode != "sync"
-        before = self.replica.state(rows) if local else None  # outside sync mode a push is an update
-        grads, norms, kept = [], [], []
+            self._pull(out)
+        before = self.replica.state(rows)
+        kept = []
         for b, p in zip(batches, prepared, strict=True):
             g, stats = self.learner.gradients(p)
             stats.losses = stats.losses[: max(0, LOSS_SAMPLE - len(out.stats.losses))]
@@ -261,21 +254,25 @@ class Worker:
             if g is None:
                 continue
             # no copy needed: the next gradients() allocates new tensors (closed form, or grads set to None)
-            if local:
-                self.learner.apply(g, clip_scale(stats.grad_norm, self.clip_norm))
-            if before is None:
-                grads.append(g)
-            norms.append(stats.grad_norm)
+            self.learner.apply(g, clip_scale(stats.grad_norm, self.clip_norm))
             kept.append(b)
         out.batch_seconds.append(time.perf_counter() - start)
-        if kept and before is None:
-            self._push(grads, norms, kept, out, pull=self._pull_due(after_push=True))
-        elif kept:
+        if kept:
             after = self.replica.state(rows)  # the update, and the base of the reply's merge
-            self._push(after - before, norms, kept, out, pull=self._pull_due(after_push=True), state=after, rows=rows)
-        elif out.stats.skipped and not self.learner.model.sparse \
+            self._push(after - before, kept, out, pull=self._pull_due(after_push=True), state=after, rows=rows)
+        elif self.cfg.mode == "sync":
+            self._push_nothing(out)  # every gradient failed: the round must not wait for this worker
+        if not kept and out.stats.skipped and not self.learner.model.sparse \
                 and not np.isfinite(self.learner.flat().read()).all():
             self._resync(out)
+
+    def _push_nothing(self, out: StepResult) -> None:
+        """Sync mode: say "nothing this round" (an update of no steps), so the round can close."""
+        if self.row_updates:
+            rows = np.zeros(0, dtype=np.int64)
+            self._push(np.zeros_like(self.replica.state(rows)), [], out, pull=True, rows=rows)
+        else:
+            self._push(np.zeros_like(self.replica.state(None)), [], out, pull=True)
 
     def _resync(self, out: StepResult) -> None:
         """The replica holds non-finite numbers, so every batch fails and nothing is pushed (nor pulled):
@@ -285,24 +282,20 @@ class Worker:
             self._settle(self._inflight, out)
         self._pulled_once = False
 
-    def _push(self, payload: list[list[torch.Tensor]] | np.ndarray | None, norms: list[float],
-              kept: list[list[Example]], out: StepResult, pull: bool = False,
+    def _push(self, update: np.ndarray, kept: list[list[Example]], out: StepResult, pull: bool = False,
               state: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
-        """Send a group's gradients or update; settle the previous push (pipelined) or this one (sync mode).
+        """Send a group's update; settle the previous push (pipelined) or this one (sync mode).
         ``state``: the replica's state (float64) now, if the caller has just read it; ``rows``: a sparse
         model's update is on these rows."""
         t = time.perf_counter()
         base = (self.replica.state(rows) if state is None else state) if pull else None
         # the replica already holds our own earlier gradients since the last pull
         version = self.version + self.local_since_pull
-        if rows is not None and isinstance(payload, np.ndarray):
-            pending = self.ps.submit_rows(self.id, rows, payload, len(kept), version)
-        elif isinstance(payload, np.ndarray):
-            pending = self.ps.submit_update(self.id, payload, len(kept), version, pull)
+        if rows is not None:
+            pending = self.ps.submit_rows(self.id, rows, update, len(kept), version)
         else:
-            pending = self.ps.submit(self.id, payload, version, norms, pull)
-        if self.cfg.mode != "sync":
-            self.sent += len(kept)
+            pending = self.ps.submit_update(self.id, update, len(kept), version, pull)
+        self.sent += len(kept)
         out.push_seconds += time.perf_counter() - t
         out.pushes += 1
         sent = _Push(pending, kept, base, rows, self.sent, t)
@@ -331,9 +324,7 @@ class Worker:
         self.clip_norm = result.clip_norm
         if weights is not None:
             self._load(result.version, weights, out, base=push.base, sent=push.sent, rows=push.rows)
-        elif self.cfg.mode == "sync":
-            self.version = result.version  # the round closed with our gradient in it
-        # credit the examples of every gradient the server applied (sync: the round's average)
+        # credit the examples of every gradient the server applied (sync: averaged into the round's update)
         kept = push.kept
         if result.kept:
             out.dropped_examples += sum(len(b) for b, ok in zip(kept, result.kept, strict=True) if not ok)
@@ -345,12 +336,10 @@ class Worker:
             out.applied[key] += n
 
     def _pull_due(self, after_push: bool = False) -> bool:
-        """Dense models pull with the push that makes one due; sparse ones pull the rows a group needs first
-        (sync mode), or get them in every push's reply and pull the stale ones first (:meth:`_pull_stale`)."""
+        """Dense models pull with the push that makes one due (sync mode: every push, the round's average);
+        sparse ones get their rows in every push's reply and pull the stale ones first (:meth:`_pull_stale`)."""
         if self.row_updates:
             return after_push
-        if self.learner.model.sparse:
-            return not after_push
         if not after_push:
             return not self._pulled_once
         return (self.cfg.mode == "sync" or self.pushes_since_pull + 1 >= self.cfg.pull_every
@@ -369,32 +358,28 @@ class Worker:
         version, state = self.ps.pull_rows(stale)
         self._load(version, state, out, rows=stale)
 
-    def _pull(self, prepared: Sequence[Any], out: StepResult) -> None:
-        rows = None
-        if self.learner.model.sparse:
-            rows = torch.unique(torch.cat([p.inputs[0] for p in prepared]))
-        version, update = self.ps.pull(rows)
-        self._load(version, update, out)
+    def _pull(self, out: StepResult) -> None:
+        """A dense model: take the servers' flat state whole."""
+        version, state = self.ps.pull()
+        self._load(version, state, out)
 
     @property
     def local_since_pull(self) -> int:
         """Own gradients in the replica that the last pulled version does not include."""
         return self.sent - self.sent_at_pull
 
-    def _load(self, version: int, update: Weights, out: StepResult, base: np.ndarray | None = None,
+    def _load(self, version: int, update: np.ndarray, out: StepResult, base: np.ndarray | None = None,
               sent: int | None = None, rows: np.ndarray | None = None) -> None:
         """Take the servers' weights (which include ``sent`` own gradients, default all); with ``base``
         (the replica's state when the push went out) as a delta on top of the own steps taken since.
         ``rows``: a sparse model's row state on those rows."""
         inflight = self._inflight
-        if rows is not None and isinstance(update, np.ndarray):
+        if rows is not None:
             theirs = None if inflight is None or inflight.base is None or inflight.rows is None else \
                 (inflight.base, inflight.rows)
             drift = self.replica.load_row_state(rows, update, base, version, theirs)
-        elif isinstance(update, np.ndarray):
-            drift = self.replica.load_flat(update, base, None if inflight is None else inflight.base)
         else:
-            drift = self.replica.load_weights(update)
+            drift = self.replica.load_flat(update, base, None if inflight is None else inflight.base)
         if self._pulled_once:
             out.replica_drift = drift**0.5
         self._pulled_once = True

@@ -70,10 +70,13 @@ def test_sharded_servers_split_rows_and_match_one_shard(ray_cluster) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_hashed_model_sparse_push_and_pull(ray_cluster) -> None:
-    cfg = job_config(workers=2, ps={"shards": 2}, sim={"events": 3000}, **HASHED)
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_hashed_model_sparse_push_and_pull(ray_cluster, mode: str) -> None:
+    cfg = job_config(workers=2, ps={"shards": 2, "mode": mode}, sim={"events": 3000}, **HASHED)
     summary = Job(cfg).run()
-    assert summary["updates"] > 0 and summary["heldout_accuracy"] > 0.5
+    _, per_partition = single_process(cfg)
+    assert summary["model_examples_by_partition"] == {str(p): n for p, n in sorted(per_partition.items())}
+    assert summary["heldout_accuracy"] > 0.5
 
 
 def test_checkpoint_resume_continues_exactly(ray_cluster, tmp_path) -> None:
@@ -108,22 +111,52 @@ def test_mixed_for_100k_events_raises_no_divergence_in_the_job(ray_cluster) -> N
 
 
 def test_sync_round_closes_without_a_silent_worker(ray_cluster) -> None:
-    """Sync mode: a round waits for every worker's gradient, but a silent one cannot stall it: the round
-    closes sync_timeout_seconds after it opened, with the gradients it has."""
+    """Sync mode: a round waits for every worker's update, but a silent one cannot stall it: the round
+    closes sync_timeout_seconds after it opened, with the updates it has."""
+    import numpy as np
     import ray
 
-    from streamlearn.actors import ParamServerActor, _pack
+    from streamlearn.actors import ParamServerActor, UpdateHead, pack_update, unpack_reply
     from streamlearn.learner import OptimConfig
     from streamlearn.model import ModelConfig
     from streamlearn.paramserver import PSConfig
 
     model = ModelConfig(n_features=4, n_classes=3)
     server = ParamServerActor.remote(0, PSConfig(mode="sync", sync_timeout_seconds=1.0), model, OptimConfig(), 2)
-    grads = _pack([[torch.ones(3, 4), torch.ones(3)]])
-    ref = server.push.remote(0, grads, 0, [1.0], True, "worker-0", 1)
+    update = np.zeros((2, 15))
+    update[0] = -0.25  # three steps moved every weight by -0.25 and added 1 to every Adagrad sum
+    update[1] = 1.0
+    head = UpdateHead(b"\x00" * 16, seq=1, worker=0, version=0, steps=3, pull=True)
+    ref = server.push_update.remote(pack_update(head, update))
     ready, _ = ray.wait([ref], timeout=0.3)
     assert not ready, "the round closed before the other worker or the timeout"
-    result, weights = ray.get(ref, timeout=60)
-    assert (result.applied, result.version) == (1, 1)
-    assert weights is not None and (weights[0] < 0).all()  # one Adagrad step against an all-ones gradient
+    result, state = unpack_reply(ray.get(ref, timeout=60), count=3, rows=2)
+    assert (result.applied, result.version) == (3, 3)
+    assert state is not None
+    np.testing.assert_allclose(state[0], -0.25)  # the one update in the round, as it was sent
+    np.testing.assert_allclose(state[1], 1.0)
+    ray.kill(server)
+
+
+def test_sync_round_averages_the_workers_updates_by_their_steps(ray_cluster) -> None:
+    """Two workers' updates in one round: the servers add their average, weighted by the steps each carries,
+    and both replies carry the same state; a worker with nothing (no steps) does not dilute it."""
+    import numpy as np
+    import ray
+
+    from streamlearn.actors import ParamServerActor, UpdateHead, pack_update, unpack_reply
+    from streamlearn.learner import OptimConfig
+    from streamlearn.model import ModelConfig
+    from streamlearn.paramserver import PSConfig
+
+    model = ModelConfig(n_features=4, n_classes=3)
+    server = ParamServerActor.remote(0, PSConfig(mode="sync"), model, OptimConfig(), 3)
+    a, b, nothing = np.full((2, 15), 1.0), np.full((2, 15), 4.0), np.zeros((2, 15))
+    refs = [server.push_update.remote(pack_update(UpdateHead(bytes([w]) * 16, 1, w, 0, steps, True), u))
+            for w, (u, steps) in enumerate([(a, 2), (b, 1), (nothing, 0)])]
+    replies = [unpack_reply(r, count=1, rows=2) for r in ray.get(refs, timeout=60)]
+    for result, state in replies:
+        assert result.version == 3
+        assert state is not None
+        np.testing.assert_allclose(state, 2.0)  # (2 x 1 + 1 x 4) / 3
     ray.kill(server)

@@ -34,7 +34,7 @@ def test_replicas_track_the_servers_across_pipelined_pushes(shards: int, ready: 
             r = w.step()
             multi_push_steps += r.pushes >= 2
             assert w.flush().applied or r.pushes == 0  # the step's last push was still in flight
-            _, server = client.pull(None)
+            _, server = client.pull()
             replica = w.learner.flat().read()
             assert replica.shape == server.shape == (2, 65 * 10)  # weights and Adagrad sums of a 64 x 10 model
             np.testing.assert_allclose(replica, server, rtol=0, atol=1e-6)
@@ -179,34 +179,8 @@ def test_a_worker_whose_replica_went_non_finite_takes_the_servers_state() -> Non
     assert r.stats.skipped == cfg.ps.grads_per_push  # one group fails whole, then the next pulls and learns
     assert r.pushes > 0 and r.stats.examples > r.stats.skipped * cfg.optim.batch_size
     worker.flush()
-    assert np.isfinite(client.pull(None)[1]).all()
-    np.testing.assert_array_equal(worker.learner.flat().read(), client.pull(None)[1])
-
-
-def test_sparse_gradients_survive_the_wire() -> None:
-    """The hashed model's gradients travel as SparseGrads (arrays, not pickled torch sparse tensors)."""
-    from streamlearn.actors import SparseGrads
-    from streamlearn.events import Example
-
-    learner = Learner(ModelConfig(kind="hashed", buckets=1 << 12, n_features=50), Objective(), OptimConfig())
-    rng = np.random.default_rng(0)
-    grads = []
-    for _ in range(3):
-        batch = [Example(id=str(i), features={f"f{j}": float(rng.random()) for j in rng.integers(0, 50, 5)},
-                         label=int(rng.integers(0, 10)), positive=bool(rng.random() < 0.5)) for i in range(4)]
-        g, _ = learner.gradients(learner.batch(batch))
-        assert g is not None and any(t.is_sparse for t in g)
-        grads.append(g)
-    back = SparseGrads.pack(grads).unpack()
-    assert len(back) == 3
-    for sent, got in zip(grads, back, strict=True):
-        for a, b in zip(sent, got, strict=True):
-            assert a.is_sparse == b.is_sparse and a.shape == b.shape
-            if b.is_sparse:
-                assert b.is_coalesced()
-                torch.testing.assert_close(b.to_dense(), a.to_dense(), rtol=0, atol=0)
-            else:
-                torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert np.isfinite(client.pull()[1]).all()
+    np.testing.assert_array_equal(worker.learner.flat().read(), client.pull()[1])
 
 
 def _hashed_job(workers: int, shards: int, buckets: int = 1 << 10, **ps: object) -> tuple[JobConfig, LocalParamClient,
@@ -346,3 +320,27 @@ def test_a_dropped_sparse_update_leaves_the_replica_at_the_servers_rows() -> Non
     np.testing.assert_allclose(a.learner.row_state().read(every), _server_rows(client, every), rtol=0, atol=1e-6)
     applied = sum(sum(w.applied.values()) for w in (a, b))
     assert applied == client.shards[0].version * cfg.optim.batch_size
+
+
+def test_a_sync_round_averages_sparse_updates_per_row() -> None:
+    """Each row takes the step-weighted mean of the updates that touched it (a rare row is not halved by
+    the workers that never saw it); the dense part (the bias) the mean of all."""
+    model = ModelConfig(kind="hashed", n_features=20, n_classes=3, buckets=64)
+    shard = Shard(0, PSConfig(mode="sync"), model, OptimConfig())
+    rs = shard.row_state()
+    before = rs.read(np.arange(64), np.float64)
+    mine, theirs = np.array([1, 5]), np.array([5, 9])
+    up_a = np.ones((2, rs.width(2)))  # 2 steps on rows 1 and 5
+    up_b = np.full((2, rs.width(2)), 4.0)  # 1 step on rows 5 and 9
+    shard.add_to_round(0, up_a, 2, mine)
+    shard.add_to_round(1, up_b, 1, theirs)
+    shard.add_to_round(2, None, 0)  # a worker with nothing
+    assert shard.close_round() == 3 and shard.version == 3
+    after = shard.row_state().read(np.arange(64), np.float64)
+    change = (after - before)[:, : 64 * rs.cols].reshape(2, 64, rs.cols)
+    np.testing.assert_allclose(change[:, 1], 1.0)  # only worker 0 touched it
+    np.testing.assert_allclose(change[:, 9], 4.0)  # only worker 1
+    np.testing.assert_allclose(change[:, 5], 2.0)  # (2 x 1 + 1 x 4) / 3
+    untouched = np.setdiff1d(np.arange(64), [1, 5, 9])
+    np.testing.assert_array_equal(change[:, untouched], 0.0)
+    np.testing.assert_allclose((after - before)[:, 64 * rs.cols :], 2.0, rtol=1e-6)  # the bias: all three steps
