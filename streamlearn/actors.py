@@ -98,7 +98,11 @@ class ParamServerActor:
         return self.shard.version, self.shard.flat().read()
 
     async def set_workers(self, workers: int) -> None:
+        """Sync mode: how many workers a round waits for. The driver lowers it as workers stop stepping; a
+        round that already holds that many updates closes now, not sync_timeout_seconds later."""
         self.workers = workers
+        if self.cfg.mode == "sync" and self.shard.round and len(self.shard.round) >= workers:
+            self._close_round()
 
     async def call(self, method: str, *args: Any) -> Any:
         """Guard and checkpoint operations on the shard: state, load, mark_good, rollback, scale_lr, ..."""

@@ -160,3 +160,24 @@ def test_sync_round_averages_the_workers_updates_by_their_steps(ray_cluster) -> 
         assert state is not None
         np.testing.assert_allclose(state, 2.0)  # (2 x 1 + 1 x 4) / 3
     ray.kill(server)
+
+
+def test_a_round_closes_when_the_worker_it_waits_for_leaves(ray_cluster) -> None:
+    """When the driver stops stepping a worker (the job ends) it lowers the round's worker count: a round
+    that already has everyone else's update closes then, not sync_timeout_seconds later."""
+    import numpy as np
+    import ray
+
+    from streamlearn.actors import ParamServerActor, UpdateHead, pack_update
+    from streamlearn.learner import OptimConfig
+    from streamlearn.model import ModelConfig
+    from streamlearn.paramserver import PSConfig
+
+    model = ModelConfig(n_features=4, n_classes=3)
+    server = ParamServerActor.remote(0, PSConfig(mode="sync", sync_timeout_seconds=600.0), model, OptimConfig(), 2)
+    ref = server.push_update.remote(pack_update(UpdateHead(b"\x00" * 16, 1, 0, 0, 1, False), np.ones((2, 15))))
+    ready, _ = ray.wait([ref], timeout=0.3)
+    assert not ready, "the round closed before the other worker"
+    ray.get(server.set_workers.remote(1), timeout=60)
+    ray.get(ref, timeout=60)  # without the close it would wait out the 600 s timeout
+    ray.kill(server)
