@@ -71,7 +71,8 @@ class PSConfig:
     # about the same however much it carries, so a worker carries more per push while its pushes take more
     # than push_budget of its step time (0: never), up to max_grads_per_push (bounded mode: also
     # max_staleness // 4, so that a foreign push or two stay within the bound). 1 worker on 2 cores: 64 is
-    # ~2% of a step; 2 workers or 2 shards: a push's calls wait on the busy cores (benchmarks/ray_throughput.py)
+    # ~2% of a step; 2 workers or 2 shards: a push's calls wait on the busy cores (benchmarks/ray_throughput.py).
+    # Larger pushes mean staler replicas: on a short stream 2 workers learn less early (README, peers)
     grads_per_push: int = 64
     push_budget: float = 0.04
     max_grads_per_push: int = 256

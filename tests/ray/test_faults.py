@@ -47,7 +47,7 @@ def _run_and_kill(tmp_path: Path, victim: str, mode: str) -> dict:
     return out
 
 
-@pytest.mark.parametrize(("victim", "mode"), [("worker", "async"), ("server", "async")])
+@pytest.mark.parametrize(("victim", "mode"), [("worker", "async"), ("server", "async"), ("server", "sync")])
 def test_killed_actor_recovers_exactly_once(ray_cluster, tmp_path: Path, victim: str, mode: str) -> None:
     summary = _run_and_kill(tmp_path, victim, mode)
     assert summary["recoveries"] >= 1
