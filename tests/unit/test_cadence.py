@@ -18,7 +18,7 @@ def _share(push: float, group: int, per_batch: float) -> float:
 
 @pytest.mark.parametrize("push_ms", [0.5, 1.0, 3.0])
 def test_the_group_grows_until_pushes_fit_the_budget(push_ms: float) -> None:
-    cadence = PushCadence(least=8, most=1024, budget=0.04)
+    cadence = PushCadence(least=8, most=1024, budget=0.04, warmup=0)
     for _ in range(3):  # steady steps: 4 pushes, 0.23 ms of other work per micro-batch
         cadence.observe(push_seconds=4 * push_ms / 1e3, pushes=4, other_seconds=256 * 0.23e-3, batches=256)
     assert _share(push_ms, cadence.group, 0.23) <= 0.04
@@ -26,21 +26,21 @@ def test_the_group_grows_until_pushes_fit_the_budget(push_ms: float) -> None:
 
 
 def test_the_group_stays_within_its_bounds() -> None:
-    cheap = PushCadence(least=64, most=256, budget=0.04)
+    cheap = PushCadence(least=64, most=256, budget=0.04, warmup=0)
     cheap.observe(push_seconds=1e-5, pushes=1, other_seconds=0.05, batches=64)
     assert cheap.group == 64  # never fewer than grads_per_push, however cheap a push
-    dear = PushCadence(least=64, most=256, budget=0.04)
+    dear = PushCadence(least=64, most=256, budget=0.04, warmup=0)
     dear.observe(push_seconds=0.05, pushes=1, other_seconds=0.01, batches=64)
     assert dear.group == 256
-    off = PushCadence(least=64, most=256, budget=0.0)
+    off = PushCadence(least=64, most=256, budget=0.0, warmup=0)
     off.observe(push_seconds=0.05, pushes=1, other_seconds=0.01, batches=64)
     assert off.group == 64  # budget 0: a fixed grads_per_push
     with pytest.raises(ValueError, match="least <= most"):
-        PushCadence(least=8, most=4, budget=0.04)
+        PushCadence(least=8, most=4, budget=0.04, warmup=0)
 
 
 def test_one_slow_push_moves_the_group_only_partly() -> None:
-    cadence = PushCadence(least=8, most=4096, budget=0.04)
+    cadence = PushCadence(least=8, most=4096, budget=0.04, warmup=0)
     for _ in range(10):
         cadence.observe(push_seconds=0.5e-3, pushes=1, other_seconds=64 * 0.2e-3, batches=64)
     steady = cadence.group
@@ -54,7 +54,7 @@ def test_one_slow_push_moves_the_group_only_partly() -> None:
 def test_a_short_step_after_a_wait_weighs_by_its_micro_batches() -> None:
     """A poll that returns a few records after waiting for the broker makes a step of one micro-batch and
     ~12 ms of other time: as a step it would say a micro-batch costs 12 ms and collapse the group."""
-    cadence = PushCadence(least=8, most=1024, budget=0.04)
+    cadence = PushCadence(least=8, most=1024, budget=0.04, warmup=0)
     for _ in range(5):
         cadence.observe(push_seconds=3e-3, pushes=3, other_seconds=500 * 0.16e-3, batches=500)
     steady = cadence.group
@@ -62,8 +62,17 @@ def test_a_short_step_after_a_wait_weighs_by_its_micro_batches() -> None:
     assert cadence.group >= 0.8 * steady
 
 
+def test_the_group_stays_at_least_while_the_model_is_young() -> None:
+    cadence = PushCadence(least=8, most=256, budget=0.04, warmup=10)
+    for _ in range(4):  # 8 pushes: dear ones, but too few yet
+        cadence.observe(push_seconds=2 * 5e-3, pushes=2, other_seconds=0.01, batches=64)
+    assert cadence.group == 8
+    cadence.observe(push_seconds=2 * 5e-3, pushes=2, other_seconds=0.01, batches=64)
+    assert cadence.group == 256
+
+
 def test_steps_without_a_push_leave_the_group_alone() -> None:
-    cadence = PushCadence(least=8, most=256, budget=0.04)
+    cadence = PushCadence(least=8, most=256, budget=0.04, warmup=0)
     cadence.observe(push_seconds=0.0, pushes=0, other_seconds=0.01, batches=0)
     assert cadence.group == 8 and cadence.push_seconds is None
 
