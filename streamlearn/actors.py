@@ -31,7 +31,6 @@ class ParamServerActor:
         torch.set_num_threads(1)
         self.shard = Shard(index, cfg, model, optim)
         self.cfg, self.workers = cfg, workers
-        self.sparse = self.shard.sparse
         self._closed = asyncio.Event()
         self._round = 0
         self._deadline: asyncio.TimerHandle | None = None  # the open round's timeout

@@ -56,10 +56,9 @@ class PushCadence:
             return
         step = (push_seconds, pushes, max(other_seconds, 0.0), batches)
         self.sums = [DECAY * old + new for old, new in zip(self.sums, step, strict=True)]
-        push, batch = self.push_seconds, self.batch_seconds
-        assert push is not None and batch is not None
         if self.pushes < self.warmup:
             return
+        push, batch = self.sums[0] / self.sums[1], self.sums[2] / self.sums[3]  # both counts > 0 now
         if batch <= 0:
             self.group = self.most
             return

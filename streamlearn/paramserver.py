@@ -226,20 +226,22 @@ def _row_mean(got: Sequence[Contribution], cols: int) -> tuple[np.ndarray, np.nd
     """Sparse updates averaged: each row over the updates that touched it, the dense part over all, each
     weighted by its steps. Returns (the union of the rows, the mean as a row state change on them)."""
     rows = np.unique(np.concatenate([c.rows for c in got if c.rows is not None]))
-    first = got[0].update
-    table = np.zeros((first.shape[0], len(rows), cols))  # (R, rows, cols) sums
+    first = got[0]
+    assert first.rows is not None
+    state_rows = first.update.shape[0]
+    table = np.zeros((state_rows, len(rows), cols))  # (R, rows, cols) step-weighted sums
     weight = np.zeros(len(rows))  # steps per row
-    dense = np.zeros((first.shape[0], first.shape[1] - (0 if got[0].rows is None else len(got[0].rows)) * cols))
+    dense = np.zeros_like(first.update[:, len(first.rows) * cols :])  # the dense parameters' sums
     for c in got:
         assert c.rows is not None
         at = np.searchsorted(rows, c.rows)
         n = len(c.rows) * cols
-        table[:, at, :] += c.steps * c.update[:, :n].reshape(c.update.shape[0], len(c.rows), cols)
+        table[:, at, :] += c.steps * c.update[:, :n].reshape(state_rows, len(c.rows), cols)
         weight[at] += c.steps
         dense += c.steps * c.update[:, n:]
     table /= np.maximum(weight, 1)[None, :, None]
     dense /= sum(c.steps for c in got)
-    return rows, np.concatenate([table.reshape(first.shape[0], -1), dense], axis=1)
+    return rows, np.concatenate([table.reshape(state_rows, -1), dense], axis=1)
 
 
 class Shard:
@@ -332,11 +334,6 @@ class Shard:
 
     def row_state(self) -> RowState:
         return RowState(self.optimizer, self.params, self.sparse)
-
-    def rows(self, param: int, rows: torch.Tensor) -> torch.Tensor:
-        """Global ``rows`` of parameter ``param`` that fall in this shard (caller filters)."""
-        lo = self.ranges[param][0]
-        return self.params[param].detach()[rows - lo].clone()
 
     def norm_sq(self) -> float:
         return float(sum(float((p.detach().double() ** 2).sum()) for p in self.params))
@@ -438,8 +435,7 @@ class LocalParamClient:
         self.shards = list(shards)
         self.replies_ready = replies_ready
         self.layout = Layout(self.shards[0].shapes, len(self.shards))
-        self.sparse = bool(self.shards[0].sparse)
-        if self.sparse:
+        if self.shards[0].sparse:
             self.rows_layout = RowLayout.of(self.shards[0].shapes, self.shards[0].sparse, len(self.shards))
 
     def submit_update(self, worker: int, update: np.ndarray, count: int, version: int,

@@ -63,7 +63,6 @@ _LINEAGE_KEY = attrgetter("partition", "positive")
 LOSS_SAMPLE = 64  # per-example losses a step reports for the loss histogram (a sample: cheap)
 
 
-
 def tune_gc() -> None:
     """Collect garbage less often in a worker process.
 
