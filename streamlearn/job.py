@@ -517,7 +517,7 @@ class Job:
             "events_per_second": round(consumed / seconds, 1) if seconds > 0 else None,
             "pushes": t.pushes,
             "grads_per_push_mean": round((t.updates + t.dropped) / t.pushes, 1) if t.pushes else None,
-            # share of the workers' step time spent in push calls (Ray overhead and waiting for replies)
+            # share of the workers' step time spent in calls to the servers (pushes, pulls: Ray overhead, waiting)
             "push_fraction": round(t.push_seconds / t.step_seconds, 4) if t.step_seconds else None,
             "push_to_compute": round(t.push_seconds / t.compute_seconds, 4) if t.compute_seconds else None,
             # the part of push_fraction spent waiting for replies (sync: for the round to close), not calling

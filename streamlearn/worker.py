@@ -126,7 +126,7 @@ class StepResult:
     version: int = 0
     replica_drift: float | None = None
     batch_seconds: list[float] = field(default_factory=list)  # compute per group (gradients, local steps)
-    push_seconds: float = 0.0  # in push calls: sending, and waiting for replies not yet there
+    push_seconds: float = 0.0  # in calls to the servers: sending pushes, waiting for replies not yet there, pulls
     push_wait_seconds: float = 0.0  # the waiting (and reading) part: replies fetched when settling
     step_seconds: float = 0.0  # the whole step: poll, decode, join, compute, push
     pending: int = 0
@@ -354,13 +354,23 @@ class Worker:
             stale = self.replica.stale(rows, self.version, self.cfg.max_staleness)  # its reply refreshed some
         if not len(stale):
             return
+        t = time.perf_counter()
         version, state = self.ps.pull_rows(stale)
+        self._called(out, time.perf_counter() - t)
         self._load(version, state, out, rows=stale)
 
     def _pull(self, out: StepResult) -> None:
         """A dense model: take the servers' flat state whole."""
+        t = time.perf_counter()
         version, state = self.ps.pull()
+        self._called(out, time.perf_counter() - t)
         self._load(version, state, out)
+
+    @staticmethod
+    def _called(out: StepResult, seconds: float) -> None:
+        """A pull: a call to the servers that waits for its reply, counted with the pushes' time."""
+        out.push_seconds += seconds
+        out.push_wait_seconds += seconds
 
     @property
     def local_since_pull(self) -> int:

@@ -1,5 +1,7 @@
 """The worker's pipelined pushes, in process (two workers sharing in-process parameter servers)."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -267,6 +269,22 @@ def test_a_sparse_worker_pulls_rows_it_has_not_loaded_within_max_staleness() -> 
         assert (loaded_at < version - 4).all()  # only stale rows
         np.testing.assert_array_equal(a.replica.loaded_at[rows] >= version, True)
     assert sum(len(r) for r, _, _ in pulls) < cfg.model.buckets
+
+
+def test_pulls_count_as_calls_to_the_servers() -> None:
+    """A step's push_seconds covers its pulls too (a sparse worker's first group pulls every row it reads),
+    so push_fraction is the whole time in calls to the servers."""
+    _, client, (a, _) = _hashed_job(2, 1)
+    pull_rows = client.pull_rows
+
+    def slow(rows: np.ndarray) -> tuple[int, np.ndarray]:
+        time.sleep(0.05)
+        return pull_rows(rows)
+
+    client.pull_rows = slow  # type: ignore[method-assign]
+    r = a.step()
+    assert r.pushes >= 1
+    assert r.push_wait_seconds >= 0.05 and r.push_seconds >= r.push_wait_seconds
 
 
 def test_row_layout_splits_a_row_state_into_each_shards_own() -> None:
