@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import torch
@@ -112,6 +113,9 @@ class MLPSoftmax(SoftmaxModel):
         return self.net(x)  # (B, K)
 
 
+CACHED_NAMES = 1_000_000  # feature name -> bucket, per model: ~100 MB at most
+
+
 def bucket(name: str, buckets: int) -> int:
     """Stable bucket of a feature name (CRC-32; Python's hash() is salted per process)."""
     return zlib.crc32(name.encode("utf-8")) % buckets
@@ -140,11 +144,28 @@ class HashedSoftmax(SoftmaxModel):
         b = self._cache.get(name)
         if b is None:
             b = bucket(name, self.buckets)
-            if len(self._cache) < 1_000_000:
+            if len(self._cache) < CACHED_NAMES:
                 self._cache[name] = b
         return b
 
     def inputs(self, features: Sequence[Features]) -> tuple[torch.Tensor, ...]:
+        """(N,) buckets, (B,) each example's first position in them, (N,) values; named features in one pass
+        of C-level maps (a Python call per feature was ~half the cost), dense vectors hashed by position."""
+        if not all(isinstance(f, dict) for f in features):
+            return self._mixed_inputs(features)
+        names = list(chain.from_iterable(features))  # a dict iterates its names, in the order of its values
+        try:
+            idx = list(map(self._cache.__getitem__, names))
+        except KeyError:  # names not seen yet (or past the cache's size)
+            idx = list(map(self._bucket, names))
+        lengths = np.fromiter(map(len, features), dtype=np.int64, count=len(features))
+        offsets = np.zeros(len(features), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=offsets[1:])
+        vals = np.fromiter(chain.from_iterable(f.values() for f in features),  # type: ignore[union-attr]
+                           dtype=np.float32, count=len(names))
+        return torch.from_numpy(np.array(idx, dtype=np.int64)), torch.from_numpy(offsets), torch.from_numpy(vals)
+
+    def _mixed_inputs(self, features: Sequence[Features]) -> tuple[torch.Tensor, ...]:
         idx: list[int] = []
         vals: list[float] = []
         offsets: list[int] = []

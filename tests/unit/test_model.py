@@ -150,3 +150,24 @@ def test_numpy_step_matches_torch_optimizer(name: str, sparse: bool) -> None:
         for a, b in zip(ours, ref, strict=True):
             assert float(opt_ours.state[a]["step"]) == float(opt_ref.state[b]["step"]) == 50
             torch.testing.assert_close(opt_ours.state[a]["sum"], opt_ref.state[b]["sum"], rtol=1e-5, atol=1e-6)
+
+
+def test_hashed_inputs_of_named_features_match_the_per_feature_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = build_model(ModelConfig("hashed", n_classes=3, buckets=1 << 12))
+    feats = [{"a": 1.0, "b": 2.5}, {}, {"c": -1.0, "a": 0.5, "zz": 3}, {"b": 1.0}]
+
+    def same(got: tuple[torch.Tensor, ...]) -> None:
+        ref = m._mixed_inputs(feats)  # one feature at a time, the path dense vectors take
+        for g, r in zip(got, ref, strict=True):
+            assert g.dtype == r.dtype
+            np.testing.assert_array_equal(g.numpy(), r.numpy())
+
+    same(m.inputs(feats))  # names not cached yet
+    same(m.inputs(feats))  # cached
+    assert m.inputs(feats)[1].tolist() == [0, 2, 2, 5]
+    monkeypatch.setattr("streamlearn.model.CACHED_NAMES", 0)
+    m._cache.clear()
+    same(m.inputs(feats))  # a full cache: every name hashed again
+    assert not m._cache
+    idx, offsets, vals = m.inputs([])
+    assert len(idx) == len(offsets) == len(vals) == 0
