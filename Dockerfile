@@ -53,10 +53,13 @@ RUN python -m pip install --user --no-cache-dir --no-warn-script-location --no-d
 FROM rayproject/ray:${RAY_VERSION}-py311-cpu
 LABEL org.opencontainers.image.title="streamlearn" \
       org.opencontainers.image.description="Distributed streaming online learner (Ray + Kafka)"
+# RAY_max_direct_call_object_size: every Ray process in the image passes calls of up to 512 KiB inline, as
+# a local `streamlearn run` does (streamlearn/actors.py INLINE_BYTES: a sparse model's pushes are ~160 KB)
 ENV PYTHONUSERBASE=/opt/streamlearn \
     PATH=/opt/streamlearn/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    RAY_max_direct_call_object_size=524288
 COPY --from=build --chown=0:0 /opt/streamlearn /opt/streamlearn
 # The base image gives `ray` passwordless sudo; nothing here needs root, so
 # take it away (Kubernetes' allowPrivilegeEscalation=false blocks it too,

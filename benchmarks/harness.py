@@ -205,7 +205,10 @@ def start_ray(num_cpus: int = 2) -> None:
 
     if ray.is_initialized():
         return
+    from streamlearn.actors import inline_larger_calls
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only cluster
+    inline_larger_calls()  # as the job does
     ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, configure_logging=True,
              log_to_driver=True)
 

@@ -161,6 +161,9 @@ class Job:
         if r.address:
             ray.init(address=r.address, logging_level=logging.WARNING, log_to_driver=True)
         else:
+            from streamlearn.actors import inline_larger_calls
+
+            inline_larger_calls()
             ray.init(num_cpus=r.num_cpus, include_dashboard=r.dashboard, dashboard_host="127.0.0.1",
                      logging_level=logging.WARNING, configure_logging=True, log_to_driver=True)
 

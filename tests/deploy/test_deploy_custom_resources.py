@@ -224,3 +224,16 @@ def test_network_policies(overlay: str) -> None:
         (port,) = rule["ports"]
         allowed[peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]] = port["port"]
     assert allowed == {"prometheus": metrics_port, "kuberay-operator": 8265}
+
+
+def test_the_image_passes_ray_calls_inline_as_a_local_job_does() -> None:
+    """Every Ray process in the image gets the inline-call size a local `streamlearn run` sets, and no pod
+    template sets it otherwise (a sparse model's pushes would go through the object store)."""
+    from streamlearn.actors import INLINE_BYTES, INLINE_ENV
+
+    set_to = re.search(rf"^\s*{INLINE_ENV}=(\d+)\s*$", DOCKERFILE.read_text(), re.M)
+    assert set_to and int(set_to.group(1)) == INLINE_BYTES
+    for overlay in OVERLAYS:
+        for _, template in pod_templates(one(render(overlay), "RayJob")):
+            for container in template["spec"]["containers"]:
+                assert all(e["name"] != INLINE_ENV for e in container.get("env", []))

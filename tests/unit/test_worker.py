@@ -1,5 +1,6 @@
 """The worker's pipelined pushes, in process (two workers sharing in-process parameter servers)."""
 
+import os
 import time
 
 import numpy as np
@@ -362,3 +363,15 @@ def test_a_sync_round_averages_sparse_updates_per_row() -> None:
     untouched = np.setdiff1d(np.arange(64), [1, 5, 9])
     np.testing.assert_array_equal(change[:, untouched], 0.0)
     np.testing.assert_allclose((after - before)[:, 64 * rs.cols :], 2.0, rtol=1e-6)  # the bias: all three steps
+
+
+def test_a_local_ray_passes_calls_of_up_to_512_kib_inline_unless_the_user_says_otherwise(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlearn.actors import INLINE_ENV, inline_larger_calls
+
+    monkeypatch.delenv(INLINE_ENV, raising=False)
+    inline_larger_calls()
+    assert os.environ[INLINE_ENV] == str(512 * 1024)
+    monkeypatch.setenv(INLINE_ENV, "4096")
+    inline_larger_calls()
+    assert os.environ[INLINE_ENV] == "4096"
