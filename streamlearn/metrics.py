@@ -41,6 +41,9 @@ METRIC_NAMES = (
     "streamlearn_example_loss",
     "streamlearn_update_staleness",
     "streamlearn_batch_seconds",
+    "streamlearn_worker_step_seconds_total",
+    "streamlearn_ps_call_seconds_total",
+    "streamlearn_pushes_total",
 )
 
 LOSS_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, math.inf)
@@ -103,6 +106,14 @@ class Metrics:
                                       buckets=LOSS_BUCKETS, registry=r)
         self.staleness = Histogram("streamlearn_update_staleness", "Versions a gradient lagged when applied",
                                    buckets=STALENESS_BUCKETS, registry=r)
+        # rate(ps_call) / rate(worker_step): the summary's push_fraction, live (what the push budget aims at)
+        self.step_seconds = Counter("streamlearn_worker_step_seconds_total", "Seconds the workers spent in steps "
+                                    "(poll, decode, join, compute, server calls), summed over workers", registry=r)
+        self.ps_call = Counter("streamlearn_ps_call_seconds_total", "Seconds the workers spent in calls to the "
+                               "parameter servers (pushes, pulls), by part: send, or wait for replies not there "
+                               "yet (sync mode: for the round)", ["part"], registry=r)
+        self.pushes = Counter("streamlearn_pushes_total", "Pushes to the parameter servers (one per group of "
+                              "micro-batches)", registry=r)
         self.batch_seconds = Histogram("streamlearn_batch_seconds", "Seconds to compute and push one group of "
                                        "micro-batch gradients", buckets=BATCH_BUCKETS, registry=r)
         self._recent: dict[str, float] = {}
@@ -178,6 +189,10 @@ class Metrics:
             self.example_loss.labels("positive" if positive else "negative").observe(loss)
         for sec in r.batch_seconds:
             self.batch_seconds.observe(sec)
+        self.step_seconds.inc(r.step_seconds)
+        self.ps_call.labels("send").inc(max(0.0, r.push_seconds - r.push_wait_seconds))
+        self.ps_call.labels("wait").inc(r.push_wait_seconds)
+        self.pushes.inc(r.pushes)
         if r.replica_drift is not None:
             self.drift.labels(str(r.worker)).set(r.replica_drift)
         for (topic, partition), n in r.lag.items():
