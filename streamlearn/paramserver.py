@@ -105,7 +105,7 @@ def row_range(n_rows: int, shard: int, shards: int) -> tuple[int, int]:
 
 
 def merge(slices: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
-    """Inverse of :func:`split` for dense tensors: concatenate the shards' rows."""
+    """Whole dense tensors from the shards' row slices (``slices[s]``: shard s's, per parameter)."""
     return [torch.cat(parts, dim=0) for parts in zip(*slices, strict=True)]
 
 

@@ -267,11 +267,8 @@ class Worker:
 
     def _push_nothing(self, out: StepResult) -> None:
         """Sync mode: say "nothing this round" (an update of no steps), so the round can close."""
-        if self.row_updates:
-            rows = np.zeros(0, dtype=np.int64)
-            self._push(np.zeros_like(self.replica.state(rows)), [], out, pull=True, rows=rows)
-        else:
-            self._push(np.zeros_like(self.replica.state(None)), [], out, pull=True)
+        rows = np.zeros(0, dtype=np.int64) if self.row_updates else None
+        self._push(np.zeros_like(self.replica.state(rows)), [], out, pull=True, rows=rows)
 
     def _resync(self, out: StepResult) -> None:
         """The replica holds non-finite numbers, so every batch fails and nothing is pushed (nor pulled):
@@ -310,9 +307,7 @@ class Worker:
             self._inflight = None
         t = time.perf_counter()
         result, weights = push.pending.result()
-        waited = time.perf_counter() - t
-        out.push_seconds += waited
-        out.push_wait_seconds += waited
+        self._waited(out, time.perf_counter() - t)
         out.staleness.extend(result.staleness)
         self._behind = max(result.staleness, default=0)
         out.dropped += result.dropped
@@ -356,19 +351,20 @@ class Worker:
             return
         t = time.perf_counter()
         version, state = self.ps.pull_rows(stale)
-        self._called(out, time.perf_counter() - t)
+        self._waited(out, time.perf_counter() - t)
         self._load(version, state, out, rows=stale)
 
     def _pull(self, out: StepResult) -> None:
         """A dense model: take the servers' flat state whole."""
         t = time.perf_counter()
         version, state = self.ps.pull()
-        self._called(out, time.perf_counter() - t)
+        self._waited(out, time.perf_counter() - t)
         self._load(version, state, out)
 
     @staticmethod
-    def _called(out: StepResult, seconds: float) -> None:
-        """A pull: a call to the servers that waits for its reply, counted with the pushes' time."""
+    def _waited(out: StepResult, seconds: float) -> None:
+        """Time spent waiting for the servers' reply (a push's when settling it, or a pull's): push time, and
+        its waiting part."""
         out.push_seconds += seconds
         out.push_wait_seconds += seconds
 
