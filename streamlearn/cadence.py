@@ -43,11 +43,6 @@ class PushCadence:
         """Seconds per push, recently."""
         return self.sums[0] / self.sums[1] if self.sums[1] else None
 
-    @property
-    def batch_seconds(self) -> float | None:
-        """Seconds of everything else per micro-batch, recently."""
-        return self.sums[2] / self.sums[3] if self.sums[3] else None
-
     def observe(self, push_seconds: float, pushes: int, other_seconds: float, batches: int) -> None:
         """A step made ``pushes`` pushes taking ``push_seconds`` and spent ``other_seconds`` on everything else
         (polling, decoding, ``batches`` micro-batches of compute)."""

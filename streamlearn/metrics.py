@@ -114,8 +114,10 @@ class Metrics:
                                "yet (sync mode: for the round)", ["part"], registry=r)
         self.pushes = Counter("streamlearn_pushes_total", "Pushes to the parameter servers (one per group of "
                               "micro-batches)", registry=r)
-        self.batch_seconds = Histogram("streamlearn_batch_seconds", "Seconds to compute and push one group of "
-                                       "micro-batch gradients", buckets=BATCH_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("streamlearn_batch_seconds", "Seconds a worker spends on one group of "
+                                       "micro-batches before pushing it (featurize, gradients, local optimizer "
+                                       "steps, and any pull or reply it waits for first)", buckets=BATCH_BUCKETS,
+                                       registry=r)
         self._recent: dict[str, float] = {}
         self._pending: dict[int, int] = {}
         self.last_checkpoint = time.time()

@@ -62,7 +62,7 @@ NOT_IN_EMBEDDED_DEMO = {
 CORE_PANELS = {
     "Diverging", "Live workers", "Model version", "Checkpoint age", "Rollbacks (1h)", "Join pending",
     "Recent mean loss by polarity", "Progressive accuracy", "Prediction KL", "Weight and gradient norm",
-    "Replica drift by worker", "Update staleness", "Update rate", "Micro-batch time",
+    "Replica drift by worker", "Update staleness", "Update rate", "Group compute time",
     "Events by topic and outcome", "Examples by polarity", "Per-example loss quantiles",
 }
 
