@@ -64,7 +64,7 @@ def _dense(features: Sequence[Features], width: int) -> torch.Tensor:
             out[i] = f
         else:
             for name, v in f.items():
-                j = int(name) if name.isdigit() else -1
+                j = int(name) if name.isascii() and name.isdigit() else -1  # not '²'
                 if 0 <= j < width:
                     out[i, j] = v
     return torch.from_numpy(out)
@@ -117,8 +117,9 @@ CACHED_NAMES = 1_000_000  # feature name -> bucket, per model: ~100 MB at most
 
 
 def bucket(name: str, buckets: int) -> int:
-    """Stable bucket of a feature name (CRC-32; Python's hash() is salted per process)."""
-    return zlib.crc32(name.encode("utf-8")) % buckets
+    """Stable bucket of a feature name (CRC-32; Python's hash() is salted per process). A name with a lone
+    surrogate (JSON can spell one, ``"\\ud800"``) hashes its code units as they are instead of failing."""
+    return zlib.crc32(name.encode("utf-8", "surrogatepass")) % buckets
 
 
 class HashedSoftmax(SoftmaxModel):

@@ -171,3 +171,23 @@ def test_hashed_inputs_of_named_features_match_the_per_feature_path(monkeypatch:
     assert not m._cache
     idx, offsets, vals = m.inputs([])
     assert len(idx) == len(offsets) == len(vals) == 0
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp", "hashed"])
+def test_any_feature_name_the_decoder_accepts_trains(kind: str) -> None:
+    """Names that decode are all trainable: '²' is a digit to str.isdigit() but not a position (dense models
+    ignore it as any unknown name), and JSON can spell a lone surrogate, which UTF-8 cannot encode (the hashed
+    model hashes it anyway)."""
+    from streamlearn.codec import decode
+    from streamlearn.events import Schema
+
+    raw = '{"id": "p", "ts": 1.0, "prediction": 0, "features": {"\\ud800": 2.0, "²": 1.0, "1": 3.0}}'.encode()
+    (pred,) = decode(raw, "prediction", Schema.from_spec(2, 4))
+    learner = Learner(ModelConfig(kind=kind, n_features=4, n_classes=2, buckets=64), Objective(), OptimConfig())
+    stats = learner.learn([Example("p", pred.features, 1, True)])
+    assert stats.skipped == 0 and stats.examples == 1
+    if kind != "hashed":
+        (x,) = learner.model.inputs([pred.features])
+        assert x.tolist() == [[0.0, 3.0, 0.0, 0.0]]
+    else:
+        assert bucket("\ud800", 64) == bucket("\ud800", 64) and 0 <= bucket("\ud800", 64) < 64
