@@ -73,6 +73,12 @@ class DivergenceConfig:
         for name in ("warmup_updates", "recovery_updates", "good_every", "window_examples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"divergence {name}: must be >= 1")
+        for name in ("clip_norm", "max_weight_norm"):  # a negative clip would climb the loss, 0 stop learning
+            if not getattr(self, name) > 0:
+                raise ValueError(f"divergence {name}: must be > 0, got {getattr(self, name)}")
+        for name in ("spike_factor", "spike_floor"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"divergence {name}: must be >= 0, got {getattr(self, name)}")
 
 
 class DivergenceDetector:

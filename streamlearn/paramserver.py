@@ -86,6 +86,10 @@ class PSConfig:
         for name in ("shards", "max_staleness", "grads_per_push", "max_grads_per_push", "pull_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ps {name}: must be >= 1, got {getattr(self, name)}")
+        if self.mode == "bounded" and self.grads_per_push > self.max_staleness // 2:
+            raise ValueError(f"ps grads_per_push {self.grads_per_push} is more than half of max_staleness "
+                             f"{self.max_staleness}: with a second worker every update would miss the bound; "
+                             "raise max_staleness or lower grads_per_push")
         if not 0 <= self.push_budget < 1:
             raise ValueError(f"ps push_budget: a share of step time in [0, 1), got {self.push_budget}")
         if not self.sync_timeout_seconds > 0:

@@ -57,3 +57,19 @@ def test_password_only_from_file_or_env_and_never_in_repr(tmp_path: Path, monkey
 def test_shipped_config_files_load(path: Path) -> None:
     cfg = config.load(str(path), {"source": "kafka"}, env={})
     assert cfg.source == "kafka"
+
+
+def test_settings_that_defeat_themselves_fail_fast() -> None:
+    """A negative clip would climb the loss and 0 stop learning; a bounded-mode push larger than half the bound
+    makes every update of a second worker miss it. Each is refused with the setting's name."""
+    from streamlearn.divergence import DivergenceConfig
+    from streamlearn.paramserver import PSConfig
+
+    for name, value in (("clip_norm", -1.0), ("clip_norm", 0.0), ("max_weight_norm", 0.0), ("spike_factor", -1.0),
+                        ("spike_floor", float("nan"))):
+        with pytest.raises(ValueError, match=name):
+            DivergenceConfig(**{name: value})
+    with pytest.raises(ValueError, match="grads_per_push 64 is more than half of max_staleness 100"):
+        PSConfig(mode="bounded", max_staleness=100)
+    assert PSConfig(mode="bounded", max_staleness=128).grads_per_push == 64  # exactly half: fine
+    assert PSConfig(mode="async", max_staleness=8).max_staleness == 8  # the bound only binds bounded mode

@@ -104,7 +104,7 @@ def test_flat_state_add_scales_weights_and_squared_accumulators() -> None:
 
 @pytest.mark.parametrize("policy", ["drop", "downweight"])
 def test_bounded_server_drops_or_downweights_a_stale_update_whole(policy: str) -> None:
-    shard = Shard(0, PSConfig(mode="bounded", max_staleness=4, stale_policy=policy),
+    shard = Shard(0, PSConfig(mode="bounded", max_staleness=4, grads_per_push=2, stale_policy=policy),
                   ModelConfig(n_features=3, n_classes=2), OptimConfig())
     update = np.ones_like(shard.flat().read())
     fresh = shard.add_update(update, count=10, version=0)
