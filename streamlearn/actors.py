@@ -20,7 +20,7 @@ import torch
 
 from streamlearn.learner import OptimConfig
 from streamlearn.model import ModelConfig, build_model
-from streamlearn.paramserver import InOrder, Layout, PSConfig, PushResult, RowLayout, Shard
+from streamlearn.paramserver import InOrder, Layout, PSConfig, PushResult, RowLayout, Shard, combine
 from streamlearn.worker import StepResult, tune_gc
 
 # Ray passes a call's argument (and its return value) inline up to max_direct_call_object_size, 100 KiB by
@@ -80,7 +80,7 @@ class ParamServerActor:
     async def _in_round(self, head: UpdateHead, update: np.ndarray, rows: np.ndarray | None) -> PushResult:
         """Sync mode: put a worker's update (no steps: it had nothing) in the open round; return once the
         round closed, when every worker's update is in or sync_timeout_seconds after it opened."""
-        self.shard.add_to_round(head.worker, update, head.steps, rows)
+        ok = self.shard.add_to_round(head.worker, update, head.steps, rows)
         closed = self._closed
         if len(self.shard.round) == 1:  # a timer, not a sleeping task per round: rounds close in ~1 ms
             self._deadline = asyncio.get_running_loop().call_later(self.cfg.sync_timeout_seconds, self._timeout,
@@ -88,6 +88,9 @@ class ParamServerActor:
         if len(self.shard.round) >= self.workers:
             self._close_round()
         await closed.wait()
+        if not ok:
+            return self.shard.stamp(PushResult(dropped=head.steps, kept=[False] * head.steps,
+                                               staleness=[0] * head.steps))
         return self.shard.stamp(PushResult(applied=head.steps, kept=[True] * head.steps,
                                            staleness=[0] * head.steps))
 
@@ -165,7 +168,7 @@ class RayParamClient:
     def _update_reply(self, replies: list[bytes], count: int, state_rows: int) -> tuple[PushResult, np.ndarray | None]:
         results = [unpack_reply(r, count, state_rows) for r in replies]
         states = [r[1] for r in results if r[1] is not None]
-        return results[0][0], (self.layout.merge(states) if states else None)
+        return combine([r[0] for r in results]), (self.layout.merge(states) if states else None)
 
     def submit_rows(self, worker: int, rows: np.ndarray, update: np.ndarray, count: int, version: int) -> _Pending:
         self.seq += 1
@@ -178,7 +181,8 @@ class RayParamClient:
     def _rows_reply(self, replies: list[bytes], count: int, state_rows: int,
                     counts: list[int]) -> tuple[PushResult, np.ndarray]:
         results = [unpack_reply(r, count, state_rows) for r in replies]
-        return results[0][0], self.rows.merge([r[1] for r in results if r[1] is not None], counts)
+        return combine([r[0] for r in results]), self.rows.merge([r[1] for r in results if r[1] is not None],
+                                                                 counts)
 
     def pull_rows(self, rows: np.ndarray) -> tuple[int, np.ndarray]:
         parts = self.rows.cut(rows)

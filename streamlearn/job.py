@@ -355,13 +355,13 @@ class Job:
         for kind in fired:
             self.metrics.divergence.labels(kind).inc()
         g = self.cfg.divergence
-        if any(k != "non_finite" for k in fired):
-            if g.guard == "rollback":
-                ok = ray.get([s.call.remote("rollback") for s in self.shards])
-                if all(ok):
-                    self.rollbacks += 1
-                    self.metrics.rollbacks.inc()
-                    self.detector.reset_history()
+        if any(k != "non_finite" for k in fired) or not math.isfinite(norm):  # not finite weights: act too
+            # all shards or none: a restarted shard has no good state until the next mark_good
+            if g.guard == "rollback" and all(ray.get([s.call.remote("has_good") for s in self.shards])):
+                ray.get([s.call.remote("rollback") for s in self.shards])
+                self.rollbacks += 1
+                self.metrics.rollbacks.inc()
+                self.detector.reset_history()
             elif g.guard == "lower-lr":
                 ray.get([s.call.remote("scale_lr", g.lr_factor) for s in self.shards])
             elif g.guard == "clip":
@@ -437,6 +437,8 @@ class Job:
                              f"{self.assignment}: run with the same workers and partitions")
         ray.get([s.call.remote("load", st) for s, st in zip(self.shards, state["shards"], strict=True)])
         ray.get([w.restore.remote(st) for w, st in zip(self.workers, state["workers"], strict=True)])
+        ray.get([s.call.remote("mark_good") for s in self.shards])  # the restored state is the good one now
+        self._good_at = self.totals.updates
         self.lineage = Counter(state["lineage"])
 
     def _recover(self, inflight: dict[Any, int], exc: Exception) -> None:

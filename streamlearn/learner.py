@@ -25,6 +25,9 @@ OPTIMIZERS = ("sgd", "adagrad")
 # micro-batches per KL(serving || current) sample: the metric is a smoothed gauge, and computing it
 # on every micro-batch of 4 cost a fifth of the gradient step (~10 of ~55 us)
 KL_EVERY = 8
+# a gradient norm above this is treated as not finite: a gradient entry near it squares to more than float32
+# holds (3.4e38), so Adagrad's sums would turn inf and, in a worker's update (after - before), NaN
+MAX_GRAD_NORM = 1e18
 
 
 @dataclass(frozen=True)
@@ -343,7 +346,7 @@ class Learner:
 def _checked(grads: list[torch.Tensor], stats: BatchStats) -> tuple[list[torch.Tensor] | None, BatchStats]:
     norm = math.sqrt(sum(float(_sq(g)) for g in grads))
     stats.grad_norm = norm
-    if not math.isfinite(norm):
+    if not norm <= MAX_GRAD_NORM:  # NaN and inf included
         stats.skipped = 1
         return None, stats
     return grads, stats

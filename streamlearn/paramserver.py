@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from math import prod
 from typing import Any, NamedTuple
@@ -52,6 +53,7 @@ from torch import nn
 from streamlearn.learner import FlatState, OptimConfig, RowState, build_optimizer
 from streamlearn.model import ModelConfig, build_model
 
+log = logging.getLogger(__name__)
 PS_MODES = ("sync", "async", "bounded")
 STALE_POLICIES = ("drop", "downweight")
 
@@ -218,6 +220,19 @@ class PushResult:
     clip_norm: float | None = None  # the guard's gradient clip while diverging: workers clip with it
 
 
+def combine(results: Sequence[PushResult]) -> PushResult:
+    """One push's result from its shards' (shard 0's version, learning rate and clip). A gradient counts as
+    kept only if every shard kept it: in bounded mode each shard judges staleness by its own version, and
+    pushes of two workers can reach two shards in opposite orders, so near the bound one shard may drop what
+    another applied; its examples are then not credited (the model holds part of it: counted as dropped)."""
+    first = results[0]
+    if len(results) == 1:
+        return first
+    kept = [all(k) for k in zip(*(r.kept for r in results), strict=True)]
+    return replace(first, kept=kept, dropped=kept.count(False), applied=kept.count(True),
+                   downweighted=max(r.downweighted for r in results))
+
+
 class Contribution(NamedTuple):
     """A worker's update in an open sync round."""
 
@@ -281,6 +296,10 @@ class Shard:
         """
         stale = self.version - version
         out = PushResult(staleness=[stale] * count)
+        if not np.isfinite(update).all():  # workers discard such groups: this one is a bug, not data
+            log.error("shard %d: refused an update of %d steps that is not finite", self.index, count)
+            out.dropped, out.kept = count, [False] * count
+            return self.stamp(out)
         scale = 1.0
         if self.cfg.mode == "bounded" and stale > self.cfg.max_staleness:
             if self.cfg.stale_policy == "drop":
@@ -304,9 +323,14 @@ class Shard:
         return out
 
     def add_to_round(self, worker: int, update: np.ndarray | None, count: int,
-                     rows: np.ndarray | None = None) -> None:
-        """Sync: record this worker's update for the open round (None or no steps: it had nothing)."""
-        self.round[worker] = None if update is None or count <= 0 else Contribution(update, count, rows)
+                     rows: np.ndarray | None = None) -> bool:
+        """Sync: record this worker's update for the open round (None or no steps: it had nothing). An update
+        that is not finite counts as nothing and returns False (its steps are not in the round)."""
+        ok = update is None or bool(np.isfinite(update).all())
+        if not ok:
+            log.error("shard %d: refused a round update of %d steps that is not finite", self.index, count)
+        self.round[worker] = None if update is None or count <= 0 or not ok else Contribution(update, count, rows)
+        return ok
 
     def close_round(self) -> int:
         """Sync: add the average of the round's updates; returns the gradients (steps) they carried."""
@@ -347,13 +371,23 @@ class Shard:
     def mark_good(self) -> None:
         self._good = self.state()
 
+    def has_good(self) -> bool:
+        """Whether :meth:`rollback` has a state to go back to (the driver rolls back all shards or none)."""
+        return self._good is not None
+
     def rollback(self) -> bool:
-        """Restore the last good weights; an open sync round stays open (its pushes are still live)."""
+        """Restore the last good weights; an open sync round stays open (its pushes are still live).
+
+        The version moves forward, past every version a replica could hold plus ``max_staleness``: rows a
+        sparse replica loaded from the discarded weights are then stale and pulled again before use, and a
+        bounded-mode update computed on them misses the bound.
+        """
         if self._good is None:
             return False
-        round_ = self.round
-        self.load(copy.deepcopy(self._good))
+        round_, version = self.round, self.version
+        self._load(copy.deepcopy(self._good))
         self.round = round_
+        self.version = version + self.cfg.max_staleness + 1
         return True
 
     def scale_lr(self, factor: float) -> None:
@@ -369,6 +403,12 @@ class Shard:
         }
 
     def load(self, state: dict[str, Any]) -> None:
+        """Take a checkpoint's state. The last good state goes: it may be newer than the checkpoint (updates a
+        restore discards); the driver marks the restored state good."""
+        self._load(state)
+        self._good = None
+
+    def _load(self, state: dict[str, Any]) -> None:
         if state["index"] != self.index:
             raise ValueError(f"checkpoint shard {state['index']} loaded into shard {self.index}")
         with torch.no_grad():
@@ -446,14 +486,14 @@ class LocalParamClient:
                       pull: bool = False) -> Done:
         results = [s.add_update(u, count, version) for s, u in zip(self.shards, self.layout.split(update),
                                                                    strict=True)]
-        return Done((results[0], self.pull()[1] if pull else None), self.replies_ready)
+        return Done((combine(results), self.pull()[1] if pull else None), self.replies_ready)
 
     def submit_rows(self, worker: int, rows: np.ndarray, update: np.ndarray, count: int, version: int) -> Done:
         parts = self.rows_layout.split(rows, update)
         results = [s.add_update(u, count, version, r) for s, (r, u) in zip(self.shards, parts, strict=True)]
         state = self.rows_layout.merge([s.row_state().read(r) for s, (r, _) in zip(self.shards, parts, strict=True)],
                                        [len(r) for r, _ in parts])
-        return Done((results[0], state), self.replies_ready)
+        return Done((combine(results), state), self.replies_ready)
 
     def pull_rows(self, rows: np.ndarray) -> tuple[int, np.ndarray]:
         parts = self.rows_layout.cut(rows)

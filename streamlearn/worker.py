@@ -258,12 +258,30 @@ class Worker:
         out.batch_seconds.append(time.perf_counter() - start)
         if kept:
             after = self.replica.state(rows)  # the update, and the base of the reply's merge
-            self._push(after - before, kept, out, pull=self._pull_due(after_push=True), state=after, rows=rows)
+            update = after - before
+            if not np.isfinite(update).all():
+                kept = self._discard(kept, before, rows, out)
+        if kept:
+            self._push(update, kept, out, pull=self._pull_due(after_push=True), state=after, rows=rows)
         elif self.cfg.mode == "sync":
             self._push_nothing(out)  # every gradient failed: the round must not wait for this worker
         if not kept and out.stats.skipped and not self.learner.model.sparse \
                 and not np.isfinite(self.learner.flat().read()).all():
             self._resync(out)
+
+    def _discard(self, kept: list[list[Example]], before: np.ndarray, rows: np.ndarray | None,
+                 out: StepResult) -> list[list[Example]]:
+        """The group's steps overflowed (finite gradients can square past float32 in Adagrad's sums): put the
+        replica back where the group started and push nothing of it, so the servers never see inf or NaN.
+        Its micro-batches count as skipped; their examples are not in the model. Returns no kept batches."""
+        log.warning("worker %d: a group of %d micro-batches overflowed the model's state; discarded", self.id,
+                    len(kept))
+        if rows is None:
+            self.learner.flat().write(before.astype(np.float32))
+        else:
+            self.learner.row_state().write(rows, before.astype(np.float32))
+        out.stats.skipped += len(kept)
+        return []
 
     def _push_nothing(self, out: StepResult) -> None:
         """Sync mode: say "nothing this round" (an update of no steps), so the round can close."""

@@ -375,3 +375,68 @@ def test_a_local_ray_passes_calls_of_up_to_512_kib_inline_unless_the_user_says_o
     monkeypatch.setenv(INLINE_ENV, "4096")
     inline_larger_calls()
     assert os.environ[INLINE_ENV] == "4096"
+
+
+def test_a_group_whose_steps_overflow_is_discarded_and_the_servers_stay_finite() -> None:
+    """Finite gradients can square past float32 in Adagrad's sums (here: sums already at inf): the group's
+    update (after - before) holds inf or NaN, which the servers would add. The worker puts its replica back,
+    pushes nothing of the group and credits none of its examples, then takes the servers' finite state; the
+    servers refuse a non-finite update anyway."""
+    cfg = JobConfig(workers=1, partitions=1, max_records=200, sim=SimConfig(events=2000),
+                    ps=PSConfig(mode="async", grads_per_push=2, push_budget=0))
+    client = LocalParamClient([Shard(0, cfg.ps, cfg.model, cfg.optim)], replies_ready=True)
+    w = build_worker(cfg, 0, [0], client)
+    w.step()
+    w.flush()
+    shard = client.shards[0]
+    credited, version = sum(w.applied.values()), shard.version
+    w.learner.optimizer.state[w.learner.params[0]]["sum"].fill_(float("inf"))
+    r = w.step()
+    w.flush()
+    assert r.stats.skipped >= 2  # the first group's micro-batches
+    assert r.pushes >= 1  # the later groups, after the worker took the servers' state
+    assert sum(w.applied.values()) - credited == (shard.version - version) * cfg.optim.batch_size
+    assert np.isfinite(client.pull()[1]).all() and np.isfinite(w.learner.flat().read()).all()
+    bad = np.full_like(shard.flat().read(), np.nan, dtype=np.float64)
+    refused = shard.add_update(bad, count=3, version=shard.version)
+    assert refused.kept == [False] * 3 and refused.dropped == 3 and shard.version == refused.version
+    assert np.isfinite(shard.flat().read()).all()
+
+
+def test_a_gradient_too_large_to_square_in_float32_is_skipped() -> None:
+    """A feature of 1e20 gives a finite gradient whose square is not: treated like a non-finite batch."""
+    from streamlearn.events import Example
+
+    learner = Learner(ModelConfig(n_features=3, n_classes=2), Objective(), OptimConfig())
+    x = np.array([1e20, 0.0, 1.0], dtype=np.float32)
+    stats = learner.learn([Example("a", x, 1, True)])
+    assert stats.skipped == 1 and stats.grad_norm > 1e18
+    assert learner.learn([Example("b", np.ones(3, dtype=np.float32), 1, True)]).skipped == 0
+
+
+def test_a_push_counts_as_kept_only_if_every_shard_kept_it() -> None:
+    """Bounded mode: each shard judges staleness by its own version, and two workers' pushes can reach two
+    shards in opposite orders; a push one shard dropped is not credited (counted dropped)."""
+    from streamlearn.paramserver import PushResult, combine
+
+    kept = PushResult(applied=2, kept=[True, True], version=7, staleness=[3, 3])
+    dropped = PushResult(dropped=2, kept=[False, False], version=9, staleness=[5, 5])
+    both = combine([kept, dropped])
+    assert both.kept == [False, False] and both.dropped == 2 and both.applied == 0 and both.version == 7
+    assert combine([kept, kept]) == kept and combine([dropped]) is dropped
+
+
+def test_rollback_moves_the_version_forward_and_a_restore_forgets_the_good_state() -> None:
+    """After a rollback every replica's rows are stale (sparse ones pull them again before use); after a
+    restore the last good state (possibly newer than the checkpoint) is gone until the driver marks one."""
+    cfg = PSConfig(mode="async", max_staleness=10, grads_per_push=2)
+    shard = Shard(0, cfg, ModelConfig(n_features=3, n_classes=2), OptimConfig())
+    shard.mark_good()
+    good = shard.flat().read()
+    shard.add_update(np.ones_like(shard.flat().read(), dtype=np.float64), count=20, version=0)
+    assert shard.rollback() and shard.version == 20 + 10 + 1
+    np.testing.assert_array_equal(shard.flat().read(), good)
+    saved = shard.state()
+    shard.add_update(np.ones_like(shard.flat().read(), dtype=np.float64), count=5, version=shard.version)
+    shard.load(saved)
+    assert not shard.has_good() and not shard.rollback() and shard.version == 31
