@@ -60,13 +60,22 @@ class CorruptCheckpoint(Exception):
 
 
 def save(directory: str | Path, state: dict[str, Any], keep: int = 3) -> Path:
-    """Write ``state`` atomically as the newest checkpoint; prune to the newest ``keep``."""
+    """Write ``state`` atomically as the newest checkpoint; prune to the newest ``keep``.
+
+    Names carry a nanosecond stamp that only grows within a directory: the clock's, or one past the newest
+    file's if the clock stepped back (a checkpoint stamped earlier would sort as old and be pruned at once).
+    Temp files a crashed write left behind are removed (one job writes a directory: its driver).
+    """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    for stale in d.glob(f".{PATTERN}.tmp"):
+        stale.unlink(missing_ok=True)
     buf = io.BytesIO()
     torch.save({**state, "saved_at": time.time()}, buf)
     payload = buf.getvalue()
-    name = f"checkpoint-{time.time_ns():020d}.slck"
+    stamps = [int(p.stem.removeprefix("checkpoint-")) for p in d.glob(PATTERN)
+              if p.stem.removeprefix("checkpoint-").isdigit()]
+    name = f"checkpoint-{max([time.time_ns(), *(s + 1 for s in stamps)]):020d}.slck"
     tmp = d / f".{name}.tmp"
     with open(tmp, "wb") as f:
         f.write(MAGIC + hashlib.sha256(payload).digest() + payload)

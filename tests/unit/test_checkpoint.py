@@ -1,8 +1,10 @@
 """Checkpoint files: events in the join state and the buffer survive a save and a read, old format too."""
 
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from streamlearn import checkpoint
 from streamlearn.events import Example, Feedback, Prediction
@@ -41,3 +43,18 @@ def test_a_checkpoint_written_while_events_were_dataclasses_still_loads() -> Non
     assert ex.probs is not None and ex.probs.tolist() == [0.2, 0.3, 0.5]
     ex = j.add_prediction(Prediction("b", 3.0, np.zeros(3, dtype=np.float32), 0))
     assert ex is not None and (ex.label, ex.positive) == (0, False)  # b's waiting feedback said "wrong"
+
+
+def test_a_clock_that_steps_back_never_prunes_the_checkpoint_just_written(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names sort by a stamp that only grows in a directory, and temp files of crashed writes are removed."""
+    first = checkpoint.save(tmp_path, {"version": 1}, keep=2)
+    (tmp_path / ".checkpoint-00000000000000000001.slck.tmp").write_bytes(b"half a write")
+    now = time.time_ns()
+    monkeypatch.setattr(time, "time_ns", lambda: now - 3_600 * 10**9)  # an hour back
+    second = checkpoint.save(tmp_path, {"version": 2}, keep=2)
+    third = checkpoint.save(tmp_path, {"version": 3}, keep=2)
+    assert second.exists() and third.exists() and not first.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [second.name, third.name]
+    found = checkpoint.latest(tmp_path)
+    assert found is not None and found[0] == third and found[1]["version"] == 3
