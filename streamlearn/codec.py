@@ -9,7 +9,10 @@ JSON (one event per Kafka record, UTF-8, key = prediction id)::
                 {"id": "req-42", "ts": 1764300050.0, "label": 7, "weight": 2.0}
                 (optionally with inline "features", and "prediction" beside "correct")
 
-Unknown keys are ignored, so producers may add fields.
+Unknown keys are ignored, so producers may add fields. ``ts`` may be at most
+:data:`MAX_AHEAD_SECONDS` ahead of the consumer's clock: the join's watermark is
+the newest event time seen, so one event stamped in milliseconds instead of
+seconds would otherwise expire everything after it. ``weight`` must fit float32.
 
 Binary (several events per record, little endian)::
 
@@ -34,13 +37,14 @@ import functools
 import json
 import math
 import struct
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import numpy as np
 
 from streamlearn import jsonfast
-from streamlearn.events import Event, Features, Feedback, Prediction, Schema
+from streamlearn.events import F32_MAX, MAX_AHEAD_SECONDS, Event, Features, Feedback, Prediction, Schema
 
 Kind = Literal["prediction", "feedback"]
 MAGIC = b"SLB1"
@@ -141,8 +145,8 @@ def feedback_from_dict(obj: Mapping[str, Any], schema: Schema) -> Feedback:
         raise DecodeError("bad_correct", "'correct' must be true or false")
     label = _class(obj["label"], schema, "label") if has_label else None
     weight = obj.get("weight", 1.0)
-    if type(weight) not in (int, float) or not math.isfinite(_float(weight)) or weight <= 0:
-        raise DecodeError("bad_weight", "'weight' must be a finite number > 0")
+    if type(weight) not in (int, float) or not 0 < _float(weight) <= F32_MAX:
+        raise DecodeError("bad_weight", "'weight' must be a number > 0 that float32 holds")
     prediction = None
     if "prediction" in obj:
         if not has_correct:
@@ -176,9 +180,16 @@ def _ts(obj: Mapping[str, Any]) -> float:
     value = obj["ts"]
     if type(value) not in (int, float):
         raise DecodeError("bad_ts", "'ts' must be a number")
-    if not math.isfinite(_float(value)):
+    return _checked_ts(_float(value))
+
+
+def _checked_ts(ts: float) -> float:
+    if not math.isfinite(ts):
         raise DecodeError("non_finite", "'ts' is not finite")
-    return float(value)
+    if ts > time.time() + MAX_AHEAD_SECONDS:
+        raise DecodeError("ts_in_future", f"'ts' {ts:.0f} is more than {MAX_AHEAD_SECONDS:.0f} s ahead of this "
+                                          "consumer's clock (milliseconds instead of seconds?)")
+    return ts
 
 
 def _float(value: float) -> float:
@@ -221,7 +232,7 @@ def features_from(value: object, schema: Schema, required: bool) -> Features | N
             if type(v) is not float and type(v) is not int:
                 raise DecodeError("bad_feature", f"sparse feature {k[:50]!r} must be a number")
             v = _float(v)
-            if not math.isfinite(v) or abs(v) > 3.4e38:
+            if not math.isfinite(v) or abs(v) > F32_MAX:
                 raise DecodeError("non_finite", f"sparse feature {k[:50]!r} is not finite")
             out[k] = float(v)
         return out
@@ -304,8 +315,7 @@ def _decode_binary(raw: bytes, kind: Kind, schema: Schema) -> list[Event]:
         if not ident:
             raise DecodeError("empty_id", "'id' must not be empty")
         (ts,) = r.take(_TS)
-        if not math.isfinite(ts):
-            raise DecodeError("non_finite", "'ts' is not finite")
+        _checked_ts(ts)
         if k == 1:
             pred, version = r.take(_PRED)
             features = _bin_features(r, schema)

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
+F32_MAX = 3.4e38  # features and weights become float32: a number past this would turn into infinity
+MAX_AHEAD_SECONDS = 600.0  # an event's ts may be this far ahead of the consumer's clock (the join's watermark)
+
 # Dense features are a float32 vector of the configured width; sparse features
 # are name -> value pairs that the hashed model maps into buckets.
 Features = np.ndarray | Mapping[str, float]

@@ -4,7 +4,7 @@
 decodes one JSON-contract record with msgspec into a typed
 struct whose types carry the contract's constraints, checked while parsing: no
 bool where a number belongs, no NaN/Infinity literals, a non-empty string id,
-the dense width, features within float32 range, probabilities >= 0, weight > 0.
+the dense width, features within float32 range, probabilities >= 0, 0 < weight <= float32's largest.
 Python then checks only what a type cannot say (class range, correct xor
 label). It returns the event, or None for anything it does not accept; the
 caller then runs :func:`streamlearn.codec.reference_json`, which names the
@@ -19,21 +19,20 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 from msgspec import UNSET, UnsetType
 
-from streamlearn.events import Event, Features, Feedback, Prediction, Schema
+from streamlearn.events import F32_MAX, MAX_AHEAD_SECONDS, Event, Features, Feedback, Prediction, Schema
 
-_F32_MAX = 3.4e38  # a feature beyond this would overflow float32 (the reference decides those)
-
-Feature = Annotated[float, msgspec.Meta(ge=-_F32_MAX, le=_F32_MAX)]
+Feature = Annotated[float, msgspec.Meta(ge=-F32_MAX, le=F32_MAX)]  # beyond: the reference decides
 Sparse = dict[str, Feature]
 Id = Annotated[str, msgspec.Meta(min_length=1)]
 Prob = Annotated[float, msgspec.Meta(ge=0.0)]
-Weight = Annotated[float, msgspec.Meta(gt=0.0)]
+Weight = Annotated[float, msgspec.Meta(gt=0.0, le=F32_MAX)]
 Class = int | str
 
 
@@ -78,7 +77,7 @@ class FastJson:
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return None
         pred = self._index(obj.prediction)
-        if pred is None or not math.isfinite(obj.ts):
+        if pred is None or not _ts_ok(obj.ts):
             return None
         probs = None if obj.probs is None else np.asarray(obj.probs, dtype=np.float64)
         return Prediction(obj.id, obj.ts, _features(obj.features), pred, obj.model_version, probs)
@@ -88,7 +87,7 @@ class FastJson:
             obj = self._fb(raw)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return None
-        if not math.isfinite(obj.ts):
+        if not _ts_ok(obj.ts):
             return None
         has_correct = obj.correct is not UNSET
         if has_correct == (obj.label is not UNSET):
@@ -119,6 +118,11 @@ def fast_json(schema: Schema) -> FastJson:
 def accept(raw: bytes, kind: str, schema: Schema) -> Event | None:
     """The event in ``raw`` if the fast path accepts it, else None (ask the reference decoder)."""
     return fast_json(schema).accept(raw, kind)
+
+
+def _ts_ok(ts: float) -> bool:
+    """Finite and not past the consumer's clock by more than MAX_AHEAD_SECONDS (the reference names why)."""
+    return math.isfinite(ts) and ts <= time.time() + MAX_AHEAD_SECONDS
 
 
 def _features(value: list[float] | dict[str, float]) -> Features:

@@ -68,6 +68,9 @@ def test_feedback_forms() -> None:
         (b'{"id": "a", "ts": 1, "correct": "yes"}', "feedback", "bad_correct"),
         (b'{"id": "a", "ts": 1, "label": 9}', "feedback", "unknown_class"),
         (b'{"id": "a", "ts": 1, "label": 1, "weight": -1}', "feedback", "bad_weight"),
+        (b'{"id": "a", "ts": 1, "label": 1, "weight": 1e39}', "feedback", "bad_weight"),  # inf in float32
+        (pred(ts=1764300000500), "prediction", "ts_in_future"),  # milliseconds
+        (b'{"id": "a", "ts": 1764300000500, "correct": true}', "feedback", "ts_in_future"),
         (b"{" + b'"id": "' + b"a" * (1 << 20) + b'"}', "feedback", "oversize"),
         (b"SLB1\x05\x00\x00\x00", "prediction", "truncated"),
     ],
@@ -152,3 +155,16 @@ def test_fuzz_random_bytes_only_raises_decode_error() -> None:
                 decode(raw, kind, SCHEMA)  # type: ignore[arg-type]
             except DecodeError as exc:
                 assert exc.reason != "malformed", exc
+
+
+def test_binary_events_past_the_clock_are_refused_too() -> None:
+    """The join's watermark is the newest event time: one event stamped in milliseconds would expire the
+    partition's every later join, so it goes to the dead letters in either codec."""
+    import time
+
+    soon = Prediction("a", time.time() + 60, np.zeros(3, dtype=np.float32), 1)
+    assert decode(encode_binary([soon]), "prediction", SCHEMA)[0].id == "a"
+    later = Prediction("b", time.time() * 1000, np.zeros(3, dtype=np.float32), 1)
+    with pytest.raises(DecodeError) as err:
+        decode(encode_binary([later]), "prediction", SCHEMA)
+    assert err.value.reason == "ts_in_future" and "milliseconds" in err.value.detail

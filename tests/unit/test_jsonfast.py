@@ -81,7 +81,8 @@ def test_fast_path_declines_what_only_the_reference_can_name() -> None:
     for raw in [b'{"id": "", "ts": 1, "correct": true}', b'{"id": "a", "ts": NaN, "correct": true}',
                 b'{"id": "a", "ts": 1, "correct": true, "label": 1}', b'{"id": "a", "ts": 1, "label": "fox"}',
                 b'{"id": "a", "ts": 1, "correct": 1}', b'{"id": "a", "ts": 1, "label": 1, "weight": 0}',
-                b'{"id": "a", "ts": 1, "label": 1, "prediction": 1}', b'\xff']:
+                b'{"id": "a", "ts": 1, "label": 1, "prediction": 1}', b'\xff',
+                b'{"id": "a", "ts": 1, "label": 1, "weight": 1e39}', b'{"id": "a", "ts": 1e12, "correct": true}']:
         assert jsonfast.accept(raw, "feedback", SCHEMA) is None, raw
         with pytest.raises(DecodeError):
             reference_json(raw, "feedback", SCHEMA)
