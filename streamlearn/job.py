@@ -38,7 +38,7 @@ from streamlearn.metrics import Metrics
 from streamlearn.paramserver import merge
 from streamlearn.simulate import Dataset, Simulator
 from streamlearn.source import EventSource, MemorySource
-from streamlearn.worker import ParamClient, StepResult, Worker
+from streamlearn.worker import ParamClient, StepResult, Worker, regroup
 
 log = logging.getLogger("streamlearn.job")
 
@@ -432,11 +432,16 @@ class Job:
         if state.get("model") != self.cfg.model:
             raise ValueError(f"checkpoint model {state.get('model')} does not match the configured model "
                              f"{self.cfg.model}: use another --checkpoint-dir")
+        if len(state["shards"]) != len(self.shards):
+            raise ValueError(f"checkpoint has {len(state['shards'])} parameter-server shards, this job "
+                             f"{len(self.shards)}: run with --ps-shards {len(state['shards'])}")
+        workers = state["workers"]
         if state["assignment"] != self.assignment:
-            raise ValueError(f"checkpoint partition assignment {state['assignment']} differs from this job's "
-                             f"{self.assignment}: run with the same workers and partitions")
+            log.warning("checkpoint partitions %s are read by %d workers now, as %s", state["assignment"],
+                        len(self.assignment), self.assignment)
+            workers = regroup(workers, self.assignment)
         ray.get([s.call.remote("load", st) for s, st in zip(self.shards, state["shards"], strict=True)])
-        ray.get([w.restore.remote(st) for w, st in zip(self.workers, state["workers"], strict=True)])
+        ray.get([w.restore.remote(st) for w, st in zip(self.workers, workers, strict=True)])
         ray.get([s.call.remote("mark_good") for s in self.shards])  # the restored state is the good one now
         self._good_at = self.totals.updates
         self.lineage = Counter(state["lineage"])

@@ -440,3 +440,51 @@ def test_rollback_moves_the_version_forward_and_a_restore_forgets_the_good_state
     shard.add_update(np.ones_like(shard.flat().read(), dtype=np.float64), count=5, version=shard.version)
     shard.load(saved)
     assert not shard.has_good() and not shard.rollback() and shard.version == 31
+
+
+def _run_out(workers: list, client: LocalParamClient) -> None:
+    for _ in range(200):
+        if all(w.step().exhausted for w in workers):
+            break
+    for w in workers:
+        w.step(drain=True)
+        w.flush()
+
+
+def test_a_checkpoint_resumes_under_another_partition_assignment_exactly_once() -> None:
+    """Scaling out (the k8s runbook: more workers, then restart from the checkpoint): one worker's snapshot of
+    partitions 0 and 1 is cut into one per partition, and the two new workers finish the stream with every
+    example applied exactly once, per partition and polarity, as one worker reading it all does."""
+    from streamlearn.worker import regroup
+
+    def job(workers: int) -> tuple[JobConfig, LocalParamClient]:
+        cfg = JobConfig(workers=workers, partitions=2, max_records=150, sim=SimConfig(events=1500),
+                        ps=PSConfig(mode="async", grads_per_push=2, push_budget=0))
+        return cfg, LocalParamClient([Shard(0, cfg.ps, cfg.model, cfg.optim)])
+
+    cfg, client = job(1)
+    reference = build_worker(cfg, 0, [0, 1], client)
+    _run_out([reference], client)
+    expected = reference.applied
+    assert set(expected) == {(p, s) for p in (0, 1) for s in ("positive", "negative")}
+
+    cfg, client = job(1)
+    first = build_worker(cfg, 0, [0, 1], client)
+    for _ in range(4):
+        first.step()
+    first.flush()
+    snapshot = first.snapshot()
+    assert snapshot["buffer"] or any(j["preds"] for j in snapshot["ingest"]["joiners"].values())  # mid-stream
+
+    cfg2, _ = job(2)
+    parts = regroup([snapshot], [[0], [1]])
+    assert [set(p["ingest"]["joiners"]) for p in parts] == [{0}, {1}]
+    assert sum(sum(p["ingest"]["counts"].values()) for p in parts) == sum(snapshot["ingest"]["counts"].values())
+    workers = [build_worker(cfg2, w, [w], client) for w in range(2)]
+    for w, part in zip(workers, parts, strict=True):
+        w.restore(part)
+    _run_out(workers, client)
+    got = workers[0].applied + workers[1].applied
+    assert got == expected
+    with pytest.raises(ValueError, match="holds partition 1, which this job does not read"):
+        regroup([snapshot], [[0]])
