@@ -301,6 +301,5 @@ class WorkerActor:
         close = getattr(self.worker.source, "close", None)
         if callable(close):
             close()
-        sink = getattr(self.worker, "sink", None)
-        if sink is not None:
-            sink.close()
+        if self.worker.dead_letters is not None:
+            self.worker.dead_letters.close()

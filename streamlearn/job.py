@@ -38,7 +38,7 @@ from streamlearn.metrics import Metrics
 from streamlearn.paramserver import merge
 from streamlearn.simulate import Dataset, Simulator
 from streamlearn.source import EventSource, MemorySource
-from streamlearn.worker import ParamClient, StepResult, Worker, regroup
+from streamlearn.worker import DeadLetters, ParamClient, StepResult, Worker, regroup
 
 log = logging.getLogger("streamlearn.job")
 
@@ -46,17 +46,16 @@ log = logging.getLogger("streamlearn.job")
 # -- building a worker (runs inside the worker actor's process) ------------------------
 
 
-def build_source(cfg: JobConfig, partitions: list[int]) -> tuple[EventSource, Callable[..., None] | None, Any]:
-    """(source, dead-letter writer, sink to close) for a worker's partitions."""
+def build_source(cfg: JobConfig, partitions: list[int]) -> tuple[EventSource, DeadLetters | None]:
+    """(source, dead-letter sink) for a worker's partitions (the embedded stream counts bad events only)."""
     if cfg.source == "embedded":
         src = MemorySource(lambda: Simulator(cfg.sim, cfg.data).events(block=64), cfg.partitions, partitions,
                            codec=cfg.codec)
-        return src, None, None
+        return src, None
     from streamlearn.kafka_source import DeadLetterSink, KafkaSource
 
     settings = kafka_settings(cfg)
-    sink = DeadLetterSink(settings)
-    return KafkaSource(settings, partitions), sink.write_many, sink
+    return KafkaSource(settings, partitions), DeadLetterSink(settings)
 
 
 def kafka_settings(cfg: JobConfig) -> Any:
@@ -73,11 +72,9 @@ def kafka_settings(cfg: JobConfig) -> Any:
 
 
 def build_worker(cfg: JobConfig, worker: int, partitions: list[int], ps: ParamClient) -> Worker:
-    source, dead, sink = build_source(cfg, partitions)
-    w = Worker(worker, Learner(cfg.model, cfg.objective, cfg.optim), Ingest(cfg.schema, cfg.join), source, ps,
-               cfg.ps, dead_letters=dead, max_records=cfg.max_records)
-    w.sink = sink  # type: ignore[attr-defined]
-    return w
+    source, sink = build_source(cfg, partitions)
+    return Worker(worker, Learner(cfg.model, cfg.objective, cfg.optim), Ingest(cfg.schema, cfg.join), source, ps,
+                  cfg.ps, dead_letters=sink, max_records=cfg.max_records)
 
 
 # -- the driver ----------------------------------------------------------------------------

@@ -40,7 +40,6 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
@@ -83,6 +82,28 @@ class PendingPush(Protocol):
     def done(self) -> bool:
         """Whether the reply is there (result() would not wait)."""
         ...
+
+
+class DeadLetters(Protocol):
+    """Where a worker's dead letters go (:class:`~streamlearn.kafka_source.DeadLetterSink`): a write never
+    raises; letters the broker has not acknowledged wait for :meth:`retry` and travel in checkpoints."""
+
+    def write_many(self, dead: list[DeadLetter]) -> None: ...
+
+    def retry(self) -> int:
+        """Send again what failed, if its backoff has passed (cheap when nothing waits); how many went."""
+        ...
+
+    def flush(self, timeout_s: float | None = None) -> None: ...
+
+    def unacked(self) -> list[DeadLetter]:
+        """Letters written and not yet acknowledged, in write order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+SINK_FLUSH_SECONDS = 10.0  # a snapshot waits this long for dead letters in flight; the rest go in it
 
 
 class ParamClient(Protocol):
@@ -148,7 +169,7 @@ class _Push:
 
 class Worker:
     def __init__(self, worker: int, learner: Learner, ingest: Ingest, source: EventSource, ps: ParamClient,
-                 ps_cfg: PSConfig, dead_letters: Callable[[list[DeadLetter]], None] | None = None,
+                 ps_cfg: PSConfig, dead_letters: DeadLetters | None = None,
                  max_records: int = 2000) -> None:
         self.id = worker
         self.learner, self.ingest, self.source, self.ps, self.cfg = learner, ingest, source, ps, ps_cfg
@@ -181,10 +202,11 @@ class Worker:
         records = [] if drain or n <= 0 else self.source.next_batch(n)
         out.records = len(records)
         res = self.ingest.process(records)
-        if res.dead:
-            if self.dead_letters is not None:
-                self.dead_letters(res.dead)
-            out.dead.update(d.reason for d in res.dead)
+        if self.dead_letters is not None:
+            if res.dead:
+                self.dead_letters.write_many(res.dead)
+            self.dead_letters.retry()
+        out.dead.update(d.reason for d in res.dead)
         self.buffer.extend(res.examples)
         size = self.learner.optim_cfg.batch_size
         batches = []
@@ -415,11 +437,16 @@ class Worker:
     def snapshot(self) -> dict[str, Any]:
         """Everything this worker must resume from, consistent with what it pushed so far."""
         assert self._inflight is None, "flush() before a snapshot: the servers must hold what it describes"
+        letters: list[DeadLetter] = []
+        if self.dead_letters is not None:  # the positions move past bad records: keep what the DLQ lacks
+            self.dead_letters.flush(SINK_FLUSH_SECONDS)
+            letters = self.dead_letters.unacked()
         return {
             "ingest": self.ingest.snapshot(),
             "positions": self.source.positions(),
             "buffer": list(self.buffer),
             "applied": dict(self.applied),
+            "dead_letters": letters,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -427,6 +454,8 @@ class Worker:
         self.source.seek(state["positions"])
         self.buffer = list(state["buffer"])
         self.applied = Counter(state["applied"])
+        if self.dead_letters is not None and state.get("dead_letters"):
+            self.dead_letters.write_many(state["dead_letters"])  # at least once: some may be in the DLQ
         self._pulled_once = False
         self._inflight = None
         self.replica.forget()

@@ -14,6 +14,7 @@ from streamlearn.model import ModelConfig
 from streamlearn.objective import Objective
 from streamlearn.paramserver import Layout, LocalParamClient, PSConfig, Shard
 from streamlearn.simulate import SimConfig
+from streamlearn.worker import Worker
 
 
 @pytest.mark.parametrize("ready", [False, True])
@@ -488,3 +489,80 @@ def test_a_checkpoint_resumes_under_another_partition_assignment_exactly_once() 
     assert got == expected
     with pytest.raises(ValueError, match="holds partition 1, which this job does not read"):
         regroup([snapshot], [[0]])
+
+
+class _Sink:
+    """A dead-letter sink whose broker acknowledges nothing until told to."""
+
+    def __init__(self) -> None:
+        self.waiting: list = []
+        self.delivered: list = []
+        self.retries = 0
+        self.up = False
+
+    def write_many(self, dead: list) -> None:
+        self.waiting.extend(dead)
+
+    def retry(self) -> int:
+        self.retries += 1
+        if not self.up:
+            return 0
+        sent, self.waiting = self.waiting, []
+        self.delivered.extend(sent)
+        return len(sent)
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        pass
+
+    def unacked(self) -> list:
+        return list(self.waiting)
+
+    def close(self) -> None:
+        pass
+
+
+class _Records:
+    def __init__(self, records: list) -> None:
+        self.records, self.at = records, 0
+
+    def next_batch(self, n: int) -> list:
+        out = self.records[self.at : self.at + n]
+        self.at += len(out)
+        return out
+
+    def positions(self) -> dict:
+        return {("p", 0): self.at}
+
+    def seek(self, positions: dict) -> None:
+        self.at = positions.get(("p", 0), 0)
+
+
+def test_dead_letters_the_broker_has_not_acknowledged_travel_in_the_snapshot() -> None:
+    """The positions move past a bad record at once; its letter may still wait for the DLQ (broker down).
+    The worker retries on every step, and a snapshot carries what is unacknowledged, so a restore from it
+    writes them again: none is lost with a crash."""
+    from streamlearn.events import Schema
+    from streamlearn.ingest import Ingest
+    from streamlearn.source import Record
+
+    records = [Record("prediction", "p", 0, i, None, b"{not json" if i % 3 == 0 else
+                      b'{"id": "i%d", "ts": 1.0, "prediction": 0, "features": [0.5, 0.5]}' % i) for i in range(9)]
+    ps, schema, model = PSConfig(mode="async", grads_per_push=2, push_budget=0), Schema.from_spec(2, 2), \
+        ModelConfig(n_features=2, n_classes=2)
+    client = LocalParamClient([Shard(0, ps, model, OptimConfig())])
+    sink = _Sink()
+    w = Worker(0, Learner(model, Objective(), OptimConfig()), Ingest(schema), _Records(records), client, ps,
+               dead_letters=sink, max_records=5)
+    r = w.step()
+    assert r.dead == {"not_json": 2} and sink.retries == 1 and len(sink.waiting) == 2
+    snapshot = w.snapshot()
+    assert [d.record.offset for d in snapshot["dead_letters"]] == [0, 3]
+
+    fresh = _Sink()
+    again = Worker(0, Learner(model, Objective(), OptimConfig()), Ingest(schema), _Records(records), client, ps,
+                   dead_letters=fresh, max_records=5)
+    again.restore(snapshot)
+    fresh.up = True
+    r = again.step()  # reads offsets 5..8 (one more bad record) and retries
+    assert r.dead == {"not_json": 1}
+    assert [d.record.offset for d in fresh.delivered] == [0, 3, 6] and fresh.unacked() == []
