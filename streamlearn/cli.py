@@ -2,7 +2,8 @@
 
 Every command prints progress and logs on stderr and ends with one JSON line
 on stdout (for ``evaluate --objective all``, one per objective), so scripts
-read results with ``tail -n 1``. A bad flag value exits 2 with one line.
+read results with ``tail -n 1``. A bad flag, config or environment value exits 2
+with one line naming it; a file the command cannot open exits 1 with one line.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -28,7 +30,7 @@ from streamlearn.learner import OPTIMIZERS, OptimConfig
 from streamlearn.model import MODELS, ModelConfig
 from streamlearn.objective import OBJECTIVES, Objective
 from streamlearn.paramserver import PS_MODES, STALE_POLICIES
-from streamlearn.simulate import DATASETS, POLICIES, DataConfig, Dataset, SimConfig
+from streamlearn.simulate import DATASETS, POLICIES, DataConfig, SimConfig
 from streamlearn.worker import tune_gc
 
 
@@ -83,8 +85,8 @@ def _add_learning(p: argparse.ArgumentParser, suppress: bool = False) -> None:
     g.add_argument("--seed", type=int, default=0)
 
 
-def _add_stream(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("simulated stream")
+def _add_stream(p: argparse.ArgumentParser, suppress: bool = False) -> None:
+    g = _suppressing(p.add_argument_group("simulated stream"), suppress)
     g.add_argument("--dataset", choices=DATASETS, default="digits")
     g.add_argument("--n-features", type=_positive_int, default=64, help="synthetic: input width")
     g.add_argument("--classes", type=_positive_int, default=10, help="synthetic: number of classes")
@@ -102,17 +104,24 @@ def _add_stream(p: argparse.ArgumentParser) -> None:
     g.add_argument("--delay-mean", type=float, default=30.0, help="mean feedback delay, event seconds")
 
 
-def _add_kafka(p: argparse.ArgumentParser, suppress: bool = False) -> None:
-    """Where the broker is and how to reach it; shared by every command that talks to Kafka."""
-    g = _suppressing(p.add_argument_group("kafka"), suppress)
+def _add_kafka(p: argparse.ArgumentParser) -> None:
+    """Where the broker is and how to reach it; shared by every command that talks to Kafka.
+
+    Every flag defaults to "not given", so the config file (``run --config``), then
+    ``STREAMLEARN_KAFKA_<FLAG>`` fill it, as :mod:`streamlearn.config` documents.
+    """
+    g = _suppressing(p.add_argument_group(
+        "kafka", "a flag not given comes from the config file's kafka section (run), else "
+                 "$STREAMLEARN_KAFKA_<FLAG> (e.g. STREAMLEARN_KAFKA_BOOTSTRAP_SERVERS), else the default shown"), True)
     g.add_argument("--bootstrap-servers",
-                   default=os.environ.get("STREAMLEARN_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-                   help="host:port[,host:port] (default $STREAMLEARN_KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
-    g.add_argument("--predictions-topic", default=KafkaSettings.predictions_topic)
-    g.add_argument("--feedback-topic", default=KafkaSettings.feedback_topic)
-    g.add_argument("--dlq-topic", default=KafkaSettings.dlq_topic, help="dead letters")
-    g.add_argument("--group-id", default=KafkaSettings.group_id, help="consumer group (lag monitoring only)")
-    g.add_argument("--security-protocol", choices=SECURITY_PROTOCOLS, default="PLAINTEXT")
+                   help=f"host:port[,host:port] (default $STREAMLEARN_KAFKA_BOOTSTRAP_SERVERS or "
+                        f"{config.KafkaConfig.bootstrap_servers})")
+    g.add_argument("--predictions-topic", help=f"(default {config.KafkaConfig.predictions_topic})")
+    g.add_argument("--feedback-topic", help=f"(default {config.KafkaConfig.feedback_topic})")
+    g.add_argument("--dlq-topic", help=f"dead letters (default {config.KafkaConfig.dlq_topic})")
+    g.add_argument("--group-id", help=f"consumer group, lag monitoring only (default {config.KafkaConfig.group_id})")
+    g.add_argument("--security-protocol", choices=SECURITY_PROTOCOLS,
+                   help=f"(default {config.KafkaConfig.security_protocol})")
     g.add_argument("--ssl-cafile", help="CA bundle for the broker certificate")
     g.add_argument("--ssl-certfile", help="client certificate (mutual TLS)")
     g.add_argument("--ssl-keyfile", help="client private key (mutual TLS)")
@@ -129,24 +138,16 @@ _KAFKA_FLAGS = {
 
 
 def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
-    """KafkaSettings from the ``_add_kafka`` flags; a bad value is a one-line CliError naming the flag."""
-    password = os.environ.get("STREAMLEARN_KAFKA_SASL_PASSWORD") or None
-    if args.sasl_password_file:
-        try:
-            with open(args.sasl_password_file, encoding="utf-8") as f:
-                password = f.read().rstrip("\r\n")
-        except OSError as exc:
-            raise CliError(f"--sasl-password-file: cannot read {args.sasl_password_file}: "
-                           f"{exc.strerror}") from exc
+    """KafkaSettings from the ``_add_kafka`` flags over $STREAMLEARN_KAFKA_* (the config loader's layering);
+    a bad value is a one-line CliError naming the flag."""
+    kafka = config.load_kafka(getattr(args, "config", None), job_overrides(args).get("kafka", {}))
     try:
-        return KafkaSettings(
-            bootstrap_servers=args.bootstrap_servers, predictions_topic=args.predictions_topic,
-            feedback_topic=args.feedback_topic, dlq_topic=args.dlq_topic, group_id=args.group_id,
-            security_protocol=args.security_protocol, ssl_cafile=args.ssl_cafile,
-            ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, sasl_mechanism=args.sasl_mechanism,
-            sasl_username=args.sasl_username,
-            sasl_password=password if args.security_protocol.startswith("SASL") else None,
-        )
+        password = kafka.password()  # None unless SASL
+    except config.ConfigError as exc:
+        raise CliError(str(exc).replace("kafka.sasl_password_file", "--sasl-password-file", 1)) from exc
+    try:
+        return KafkaSettings(**{f.name: getattr(kafka, f.name) for f in dataclasses.fields(kafka)
+                                if f.name != "sasl_password_file"}, sasl_password=password)
     except ValueError as exc:
         key, _, rest = str(exc).partition(": ")
         flag = _KAFKA_FLAGS.get(key, "--" + key.replace("_", "-") if key.isidentifier() else key)
@@ -162,10 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_learning(ev)
     ev.add_argument("--objective", choices=(*OBJECTIVES, "all"), default="mixed")
 
+    # demo and run: a flag not given leaves the config file / STREAMLEARN_* environment in force
     demo = sub.add_parser("demo", help="run the main job (Ray actors, parameter servers) on the embedded stream")
-    _add_stream(demo)
-    _add_learning(demo)
-    demo.add_argument("--objective", choices=OBJECTIVES, default="mixed")
+    _add_stream(demo, suppress=True)
+    _add_learning(demo, suppress=True)
+    demo.add_argument("--objective", choices=OBJECTIVES, default=argparse.SUPPRESS, help="(default mixed)")
     _add_job(demo, embedded=True)
 
     predict = sub.add_parser("predict", help="score feature JSON lines (stdin) with the newest checkpoint")
@@ -173,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the main job: consume Kafka, train on Ray, checkpoint, export metrics",
                          allow_abbrev=False)
-    _add_kafka(run, suppress=True)
+    _add_kafka(run)
     _add_learning(run, suppress=True)
     run.add_argument("--objective", choices=OBJECTIVES, default=argparse.SUPPRESS)
     _add_job(run, embedded=False)
@@ -233,6 +235,8 @@ def _add_job(p: argparse.ArgumentParser, embedded: bool) -> None:
     g.add_argument("--pull-every", type=_positive_int, help="pushes between weight pulls")
     g.add_argument("--ray-address", help="join this Ray cluster ('auto' inside one); default: start Ray here")
     g.add_argument("--ray-num-cpus", type=_positive_int, help="CPUs of the local Ray")
+    g.add_argument("--actor-resource", help="with --ray-address: run the actors only on nodes offering this "
+                   "custom Ray resource (0.001 each), spread over them; default: any node")
     g.add_argument("--checkpoint-dir", help="checkpoints go here; the newest valid one is restored at start")
     g.add_argument("--checkpoint-every-seconds", type=float, help="periodic checkpoint interval (default 30)")
     g.add_argument("--checkpoint-every-updates", type=int, help="also checkpoint every N model updates")
@@ -247,6 +251,17 @@ def _add_job(p: argparse.ArgumentParser, embedded: bool) -> None:
     g.add_argument("--until-idle", type=float, help="stop once no new record arrived for this many seconds")
 
 
+# Ray picks a new local node's address when `ray` is imported; with this at 0 it is 127.0.0.1, so the GCS,
+# raylet, workers, agents and metrics servers all listen on loopback (else on the outward address or *).
+# Only for a Ray started here: `ray start` refuses to join a cluster with it set.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def loopback_ray() -> None:
+    """Call before anything imports ray: a local Ray then listens on 127.0.0.1 only (a user's setting wins)."""
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+
+
 # flag (argparse dest) -> config key path
 JOB_KEYS: dict[str, tuple[str, ...]] = {
     "classes": ("classes",), "n_features": ("n_features",), "workers": ("workers",),
@@ -256,6 +271,7 @@ JOB_KEYS: dict[str, tuple[str, ...]] = {
     "push_budget": ("ps", "push_budget"), "max_grads_per_push": ("ps", "max_grads_per_push"),
     "pull_every": ("ps", "pull_every"),
     "ray_address": ("ray", "address"), "ray_num_cpus": ("ray", "num_cpus"),
+    "actor_resource": ("ray", "actor_resource"),
     "checkpoint_dir": ("checkpoint", "dir"), "checkpoint_every_seconds": ("checkpoint", "every_seconds"),
     "checkpoint_every_updates": ("checkpoint", "every_updates"), "keep_checkpoints": ("checkpoint", "keep"),
     "metrics_host": ("metrics", "host"), "metrics_port": ("metrics", "port"),
@@ -267,6 +283,12 @@ JOB_KEYS: dict[str, tuple[str, ...]] = {
     "optimizer": ("optim", "name"), "lr": ("optim", "lr"), "batch_size": ("optim", "batch_size"),
     "negative_weight": ("objective", "negative_weight"), "objective": ("objective", "name"),
     "guard": ("divergence", "guard"),
+    "dataset": ("data", "dataset"), "noise": ("data", "noise"), "drift": ("data", "drift"),
+    "sparse_active": ("data", "sparse_active"),
+    "events": ("sim", "events"), "policy": ("sim", "policy"), "epsilon": ("sim", "epsilon"),
+    "judged_share": ("sim", "judged_share"), "label_share": ("sim", "label_share"),
+    "label_noise": ("sim", "label_noise"), "duplicate_share": ("sim", "duplicate_share"),
+    "out_of_order_share": ("sim", "out_of_order_share"), "delay_mean": ("sim", "delay_mean"),
     "bootstrap_servers": ("kafka", "bootstrap_servers"), "predictions_topic": ("kafka", "predictions_topic"),
     "feedback_topic": ("kafka", "feedback_topic"), "dlq_topic": ("kafka", "dlq_topic"),
     "group_id": ("kafka", "group_id"), "security_protocol": ("kafka", "security_protocol"),
@@ -276,19 +298,26 @@ JOB_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+SEED_KEYS = (("model", "seed"), ("data", "seed"), ("sim", "seed"))  # --seed: the model's and the stream's
+
+
 def job_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The flags the user gave, as a nested config mapping."""
     out: dict[str, Any] = {}
-    for dest, path in JOB_KEYS.items():
-        if dest in vars(args) and getattr(args, dest) is not None:
-            node = out
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = getattr(args, dest)
+    given = [(path, getattr(args, dest)) for dest, path in JOB_KEYS.items() if getattr(args, dest, None) is not None]
+    if getattr(args, "seed", None) is not None:
+        given += [(path, args.seed) for path in SEED_KEYS]
+    for path, value in given:
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
     return out
 
 
 def _run_job(cfg: JobConfig, name: str) -> dict[str, Any]:
+    if not cfg.ray.address:
+        loopback_ray()  # before streamlearn.job imports ray
     from streamlearn.job import Job
 
     job = Job(cfg, lambda msg: _log(f"{name}: {msg}"), handle_signals=True)
@@ -321,14 +350,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    data, sim = stream_configs(args)
     overrides = job_overrides(args)
-    dataset = Dataset(data)
-    overrides.update(source="embedded", classes=[str(i) for i in range(dataset.n_classes)],
-                     n_features=dataset.n_features,
-                     data=dataclasses.asdict(data), sim=dataclasses.asdict(sim))
-    overrides.setdefault("model", {})["seed"] = args.seed
-    overrides.setdefault("divergence", {}).setdefault("guard", "rollback")
+    overrides["source"] = "embedded"
     cfg = config.load(getattr(args, "config", None), overrides)
     _log(f"demo: {cfg.sim.events} predictions from a {cfg.sim.policy} policy on {cfg.data.dataset}, "
          f"{cfg.workers} worker(s) on {cfg.partitions} partitions, ps {cfg.ps.mode} x{cfg.ps.shards}, "
@@ -338,11 +361,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def eval_config(args: argparse.Namespace, objective: str, guard_default: str) -> EvalConfig:
+    """Built through :func:`config.build`, so a flag is checked as the same key in a config file would be."""
     data, sim = stream_configs(args)
-    model = ModelConfig(args.model, hidden=args.hidden, buckets=args.buckets, seed=args.seed)
-    optim = OptimConfig(args.optimizer, args.lr, args.batch_size)
+    model = config.build(ModelConfig, {"kind": args.model, "hidden": args.hidden, "buckets": args.buckets,
+                                       "seed": args.seed}, "model")
+    optim = config.build(OptimConfig, {"name": args.optimizer, "lr": args.lr, "batch_size": args.batch_size}, "optim")
     return EvalConfig(data=data, sim=sim, model=model, optim=optim,
-                      objective=Objective(objective, args.negative_weight),
+                      objective=config.build(Objective, {"name": objective, "negative_weight": args.negative_weight},
+                                             "objective"),
                       divergence=DivergenceConfig(guard=args.guard or guard_default))
 
 
@@ -383,13 +409,12 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def stream_configs(args: argparse.Namespace) -> tuple[DataConfig, SimConfig]:
-    """The simulated stream's configs from the ``_add_stream`` flags (plus ``--seed``)."""
-    data = DataConfig(args.dataset, args.n_features, args.classes, args.noise, args.drift,
-                      args.sparse_active, args.seed)
-    sim = SimConfig(events=args.events, policy=args.policy, epsilon=args.epsilon,
-                    judged_share=args.judged_share, label_share=args.label_share,
-                    label_noise=args.label_noise, duplicate_share=args.duplicate_share,
-                    out_of_order_share=args.out_of_order_share, delay_mean=args.delay_mean, seed=args.seed)
+    """The simulated stream's configs from the ``_add_stream`` flags (plus ``--seed``), built and checked by
+    :func:`config.build` as the ``data`` and ``sim`` sections of a config file are."""
+    over = job_overrides(args)
+    data = config.build(DataConfig, {**over.get("data", {}), "n_features": args.n_features, "n_classes": args.classes},
+                        "data")
+    sim = config.build(SimConfig, over.get("sim", {}), "sim")
     return data, sim
 
 
@@ -398,8 +423,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from streamlearn.simulate import Simulator
 
     settings = kafka_settings(args)
-    if args.rate is not None and not args.rate > 0:
-        raise CliError(f"--rate: must be > 0 events/s, got {args.rate}")
+    if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
+        raise CliError(f"--rate: must be a finite number > 0 events/s, got {args.rate}")
     data, sim = stream_configs(args)
     _log(f"produce: {sim.events} predictions ({data.dataset}, {sim.policy} policy) to "
          f"{settings.predictions_topic} and {settings.feedback_topic} at {settings.bootstrap_servers}, "
@@ -437,6 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, ValueError) as exc:
         print(f"streamlearn: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file or socket the command could not open: one line, not a traceback
+        print(f"streamlearn: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -23,8 +23,9 @@ for a full example file)::
 
 An environment variable names a key by its path: ``STREAMLEARN_PS_MODE=sync``,
 ``STREAMLEARN_KAFKA_BOOTSTRAP_SERVERS=...``, ``STREAMLEARN_WORKERS=4``. An
-unknown key anywhere, or a value of the wrong type, fails at start with a
-message naming the key. The Kafka SASL password comes only from
+unknown key anywhere, a value of the wrong type, a non-finite number, a
+section that is not a mapping, or a metrics file that cannot be written or read
+fails at start with a message naming the key. The Kafka SASL password comes only from
 ``STREAMLEARN_KAFKA_SASL_PASSWORD`` or ``kafka.sasl_password_file``, never a
 flag, and is never logged.
 """
@@ -55,6 +56,7 @@ from streamlearn.paramserver import PSConfig
 from streamlearn.simulate import DataConfig, SimConfig
 
 SOURCES = ("embedded", "kafka")
+RAY_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")  # Ray's own, not a placement label
 
 
 class ConfigError(ValueError):
@@ -66,6 +68,17 @@ class RayConfig:
     address: str | None = None  # None: start Ray in this process; "auto" or host:port joins a cluster
     num_cpus: int | None = None  # local Ray only; None: Ray's own count
     dashboard: bool = False  # local Ray's dashboard (binds 127.0.0.1); never expose it
+    # a cluster's custom resource that only the learner pods offer: each actor takes 0.001 of it and the actors
+    # spread over those pods (a 0-CPU head does not keep 0-CPU actors off it). None: any node
+    actor_resource: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.actor_resource is None:
+            return
+        if not self.address:
+            raise ConfigError("ray.actor_resource: needs ray.address (a local Ray offers no custom resource)")
+        if not self.actor_resource or self.actor_resource in RAY_RESOURCES:
+            raise ConfigError(f"ray.actor_resource: must name a custom resource, got {self.actor_resource!r}")
 
 
 @dataclass(frozen=True)
@@ -170,9 +183,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0])
     if dataclasses.is_dataclass(hint):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: must be a mapping of settings")
-        return build(hint, value, key)  # type: ignore[arg-type]
+        return build(hint, _mapping(key, value), key)  # type: ignore[arg-type]
     if hint is bool:
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             return value.lower() in ("1", "true", "yes", "on")
@@ -180,16 +191,20 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
         raise ConfigError(f"{key}: must be true or false, got {value!r}")
     if hint in (int, float):
+        kind = "an integer" if hint is int else "a finite number"
         if isinstance(value, str):
             try:
-                return hint(value)
+                number = hint(value)
             except ValueError:
-                kind = "an integer" if hint is int else "a number"
                 raise ConfigError(f"{key}: must be {kind}, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and
-                                                                              isinstance(value, float)):
-            raise ConfigError(f"{key}: must be {'an integer' if hint is int else 'a number'}, got {value!r}")
-        return hint(value)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and
+                                                                                isinstance(value, float)):
+            raise ConfigError(f"{key}: must be {kind}, got {value!r}")
+        else:
+            number = hint(value)
+        if not math.isfinite(number):  # NaN passes every "> 0" check and inf every ">= 0": refuse both here
+            raise ConfigError(f"{key}: must be {kind}, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: must be a string, got {value!r}")
@@ -219,6 +234,35 @@ def build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from exc
+
+
+def _mapping(key: str, value: Any) -> Mapping[str, Any]:
+    """A section's settings; an empty section (``model:`` with nothing under it) is an empty mapping."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: must be a mapping, got {value!r}")
+    return value
+
+
+def _class_names(value: Any) -> list[str]:
+    """``classes``: a count (``10``, ``"10"``), comma-separated names, or a list of names."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        names = [str(i) for i in range(value)]
+    elif isinstance(value, str):
+        names = [c.strip() for c in value.split(",") if c.strip()]
+    elif isinstance(value, (list, tuple)) and all(isinstance(c, (str, int)) and not isinstance(c, bool)
+                                                  for c in value):
+        names = [str(c) for c in value]
+    else:
+        raise ConfigError(f"classes: must be a count or a list of names, got {value!r}")
+    if len(names) < 2:
+        raise ConfigError(f"classes: need at least 2 classes, got {value!r}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"classes: names must be unique, got {value!r}")
+    return names
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,14 +298,22 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-# variables that are read elsewhere, not config keys
-ENV_IGNORED = frozenset({"STREAMLEARN_KAFKA_SASL_PASSWORD", "STREAMLEARN_KAFKA_BOOTSTRAP", "STREAMLEARN_KAFKA_HOME",
-                         "STREAMLEARN_KAFKA_PORT", "STREAMLEARN_KAFKA_DATA", "STREAMLEARN_KAFKA_CONTROLLER_PORT",
-                         "STREAMLEARN_KAFKA_START_TIMEOUT", "STREAMLEARN_CHECKOV", "STREAMLEARN_PROMETHEUS"})
+# variables that are read elsewhere, not config keys: the SASL password (KafkaConfig.password); the
+# broker the test and benchmark harnesses use (tests/kafka/conftest.py; the CLI reads
+# STREAMLEARN_KAFKA_BOOTSTRAP_SERVERS); deploy/kafka/local.sh's settings; tool paths for the tests
+ENV_IGNORED = frozenset({
+    "STREAMLEARN_KAFKA_SASL_PASSWORD", "STREAMLEARN_KAFKA_BOOTSTRAP",
+    "STREAMLEARN_KAFKA_HOME", "STREAMLEARN_KAFKA_PORT", "STREAMLEARN_KAFKA_CONTROLLER_PORT", "STREAMLEARN_KAFKA_DATA",
+    "STREAMLEARN_KAFKA_HEAP_OPTS", "STREAMLEARN_KAFKA_JVM_OPTS", "STREAMLEARN_KAFKA_EXTRA_CONFIG",
+    "STREAMLEARN_KAFKA_START_TIMEOUT", "STREAMLEARN_KAFKA_STOP_TIMEOUT", "STREAMLEARN_KAFKA_DOWNLOAD_TIMEOUT",
+    "STREAMLEARN_CHECKOV", "STREAMLEARN_PROMETHEUS",
+})
+
+DIGITS_SHAPE = {"n_classes": 10, "n_features": 64}  # sklearn's digits: 8x8 images of 10 digits
 
 
-def load(file: str | None, overrides: Mapping[str, Any], env: Mapping[str, str] | None = None) -> JobConfig:
-    """File, then environment, then ``overrides`` (the CLI's flags, as a nested mapping)."""
+def _layers(file: str | None, overrides: Mapping[str, Any], env: Mapping[str, str] | None) -> dict[str, Any]:
+    """The file's settings, then the environment's, then ``overrides``, merged."""
     values: dict[str, Any] = {}
     if file:
         try:
@@ -274,19 +326,73 @@ def load(file: str | None, overrides: Mapping[str, Any], env: Mapping[str, str] 
             raise ConfigError(f"--config: {file} must hold a mapping of settings")
         values = loaded
     values = _merge(values, _from_env(os.environ if env is None else env))
-    values = _merge(values, overrides)
-    classes = values.get("classes", 10)
-    if isinstance(classes, int) or (isinstance(classes, str) and classes.strip().isdigit()):
-        values["classes"] = [str(i) for i in range(int(classes))]
-    elif isinstance(classes, str):
-        values["classes"] = [c.strip() for c in classes.split(",") if c.strip()]
-    n_features = values.get("n_features", 64)
-    model = dict(values.get("model") or {})
+    return _merge(values, overrides)
+
+
+def load_kafka(file: str | None, overrides: Mapping[str, Any], env: Mapping[str, str] | None = None) -> KafkaConfig:
+    """The ``kafka`` section alone, layered like :func:`load` (for commands that only talk to the broker)."""
+    values = _layers(file, {"kafka": overrides}, env)
+    kafka: KafkaConfig = build(KafkaConfig, _mapping("kafka", values.get("kafka")), "kafka")
+    return kafka
+
+
+def _embedded_shape(values: dict[str, Any], classes: list[str] | None, n_features: int | None) -> dict[str, Any]:
+    """The embedded stream's ``data`` section, in step with ``classes`` / ``n_features`` (set here if unset)."""
+    data = dict(_mapping("data", values.get("data")))
+    for key in DIGITS_SHAPE:
+        if key in data:
+            data[key] = _coerce(f"data.{key}", data[key], int)
+    if data.get("dataset", DataConfig.dataset) == "digits":
+        for key, fixed in DIGITS_SHAPE.items():
+            if data.setdefault(key, fixed) != fixed:
+                raise ConfigError(f"data.{key}: the digits dataset has {fixed}, got {data[key]}")
+    have = {"n_classes": None if classes is None else len(classes), "n_features": n_features}
+    top = {"n_classes": "classes", "n_features": "n_features"}
+    for key in DIGITS_SHAPE:
+        if key not in data:
+            data[key] = getattr(DataConfig, key) if have[key] is None else have[key]
+        elif have[key] is not None and have[key] != data[key]:
+            raise ConfigError(f"{top[key]}: {have[key]} does not match the embedded stream's data.{key} "
+                              f"{data[key]} (dataset {data.get('dataset', DataConfig.dataset)})")
+    return data
+
+
+def _check_paths(cfg: JobConfig) -> None:
+    """Files the job opens long after start (behind Ray's start-up) are checked now, naming their key."""
+    history = cfg.metrics.history
+    if history:
+        path = Path(history)
+        parent = path.parent
+        if not parent.is_dir():
+            raise ConfigError(f"metrics.history: directory {str(parent)!r} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"metrics.history: {history!r} is a directory, not a file")
+        writable = os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)
+        if not writable:
+            raise ConfigError(f"metrics.history: cannot write {history!r} (permission denied)")
+    for key in ("tls_certfile", "tls_keyfile"):
+        name = getattr(cfg.metrics, key)
+        if name and not (Path(name).is_file() and os.access(name, os.R_OK)):
+            reason = "no such file" if not Path(name).exists() else "not a readable file"
+            raise ConfigError(f"metrics.{key}: cannot read {name!r} ({reason})")
+
+
+def load(file: str | None, overrides: Mapping[str, Any], env: Mapping[str, str] | None = None) -> JobConfig:
+    """File, then environment, then ``overrides`` (the CLI's flags, as a nested mapping)."""
+    values = _layers(file, overrides, env)
+    classes = _class_names(values["classes"]) if "classes" in values else None
+    n_features = _coerce("n_features", values["n_features"], int) if "n_features" in values else None
+    model = dict(_mapping("model", values.get("model")))
     for key in ("n_classes", "n_features"):
         if key in model:
             raise ConfigError(f"model.{key}: set by the top-level classes / n_features, not here")
-    values["model"] = {**model, "n_classes": len(values["classes"]), "n_features": n_features}
-    if values.get("source", "embedded") == "embedded":
-        data = dict(values.get("data") or {})
-        values["data"] = {"n_features": n_features, "n_classes": len(values["classes"]), **data}
-    return build(JobConfig, values)
+    if values.get("source", "embedded") == "embedded":  # the stream's shape and the model's agree
+        data = values["data"] = _embedded_shape(values, classes, n_features)
+        classes = classes or [str(i) for i in range(data["n_classes"])]
+        n_features = data["n_features"] if n_features is None else n_features
+    values["classes"] = list(JobConfig.classes) if classes is None else classes
+    values["n_features"] = JobConfig.n_features if n_features is None else n_features
+    values["model"] = {**model, "n_classes": len(values["classes"]), "n_features": values["n_features"]}
+    cfg: JobConfig = build(JobConfig, values)
+    _check_paths(cfg)
+    return cfg

@@ -134,9 +134,7 @@ def render(rows: Sequence[dict[str, Any]], out: str) -> dict[str, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise ValueError(f"--out: directory {parent} does not exist")
+    check_out(out)
     t0 = rows[0]["time"]
     t = [r["time"] - t0 for r in rows]
     fig = Figure(figsize=FIGSIZE, dpi=DPI)
@@ -252,3 +250,14 @@ def _finish(ax: Any, title: str, ylabel: str, drawn: bool) -> None:
 def report(history: str, out: str) -> dict[str, Any]:
     """Read ``history`` and write the PNG ``out``; the summary names the file and the rows read."""
     return render(read_history(history), out)
+
+
+def check_out(out: str) -> None:
+    """Fail before drawing if ``out`` cannot be a new or replaced file."""
+    parent = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise ValueError(f"--out: {out} is a directory; give the PNG file's path (e.g. {os.path.join(out, 'run.png')})")
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out: directory {parent} does not exist")
+    if not os.access(out if os.path.exists(out) else parent, os.W_OK):
+        raise ValueError(f"--out: cannot write {out} (permission denied)")

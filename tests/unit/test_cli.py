@@ -1,12 +1,14 @@
 """The CLI: JSON summaries on stdout's last line, one-line errors, and the core claims of the objective."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from streamlearn.cli import main
+from streamlearn import cli
+from streamlearn.cli import build_parser, kafka_settings, main
 
 
 def run_cli(*args: str) -> tuple[int, list[dict], str]:
@@ -27,12 +29,103 @@ def run_cli(*args: str) -> tuple[int, list[dict], str]:
         (["demo", "--push-budget", "1.5"], "push_budget"),
         (["demo", "--max-grads-per-push", "0"], "--max-grads-per-push"),
         (["frobnicate"], "invalid choice"),
+        (["evaluate", "--events", "200", "--lr", "inf"], "optim.lr: must be a finite number"),
+        (["evaluate", "--negative-weight", "inf"], "objective.negative_weight: must be a finite number"),
+        (["evaluate", "--delay-mean", "nan"], "sim.delay_mean: must be a finite number"),
+        (["evaluate", "--noise", "nan"], "data.noise: must be a finite number"),
+        (["produce", "--rate", "inf"], "--rate: must be a finite number"),
+        (["demo", "--checkpoint-every-seconds", "nan"], "checkpoint.every_seconds: must be a finite number"),
+        (["demo", "--metrics-history", "/nonexistent/dir/h.jsonl"], "metrics.history"),
+        (["demo", "--metrics-tls-certfile", "/nonexistent.crt", "--metrics-tls-keyfile", "/nonexistent.key"],
+         "metrics.tls_certfile"),
     ],
 )
 def test_bad_arguments_fail_fast_with_one_line(args: list[str], needle: str, capsys) -> None:
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and err[0].startswith("streamlearn: error:")
+
+
+@pytest.fixture
+def job_config(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """``main([...])`` for demo/run stops before Ray: the JobConfig the command built lands in the dict."""
+    for name in [n for n in os.environ if n.startswith("STREAMLEARN_")]:
+        monkeypatch.delenv(name)
+    got: dict = {}
+
+    def fake_run(cfg, name):
+        got["cfg"] = cfg
+        return {"stop_reason": "test"}
+
+    monkeypatch.setattr(cli, "_run_job", fake_run)
+    return got
+
+
+def test_demo_honours_config_file_and_env(tmp_path, monkeypatch: pytest.MonkeyPatch, job_config: dict) -> None:
+    """Precedence flag > env > file > default, for the stream and learning settings too."""
+    f = tmp_path / "demo.yaml"
+    f.write_text("sim: {events: 500}\nobjective: {name: positive-only}\nmodel: {kind: mlp, seed: 5}\n"
+                 "optim: {lr: 0.1}\ndivergence: {guard: clip}\n")
+    monkeypatch.setenv("STREAMLEARN_OPTIM_LR", "0.2")
+    assert main(["demo", "--config", str(f), "--max-events", "2000"]) == 0
+    cfg = job_config["cfg"]
+    assert (cfg.sim.events, cfg.objective.name, cfg.model.kind, cfg.model.seed) == (500, "positive-only", "mlp", 5)
+    assert (cfg.optim.lr, cfg.divergence.guard, cfg.stop.max_events) == (0.2, "clip", 2000)
+    assert main(["demo", "--config", str(f), "--events", "300", "--lr", "0.05", "--seed", "3",
+                 "--objective", "mixed"]) == 0
+    cfg = job_config["cfg"]
+    assert (cfg.sim.events, cfg.optim.lr, cfg.objective.name) == (300, 0.05, "mixed")
+    assert cfg.model.seed == cfg.data.seed == cfg.sim.seed == 3
+    monkeypatch.delenv("STREAMLEARN_OPTIM_LR")
+    assert main(["demo"]) == 0  # no file, no env: the documented defaults
+    cfg = job_config["cfg"]
+    assert (cfg.sim.events, cfg.objective.name, cfg.model.kind, cfg.divergence.guard) == (20000, "mixed", "linear",
+                                                                                          "rollback")
+    assert main(["demo", "--dataset", "synthetic", "--classes", "4", "--n-features", "8"]) == 0
+    cfg = job_config["cfg"]
+    assert (len(cfg.classes), cfg.n_features, cfg.data.n_classes, cfg.data.n_features) == (4, 8, 4, 8)
+
+
+def test_demo_section_that_is_not_a_mapping_fails(tmp_path, job_config: dict, capsys) -> None:
+    f = tmp_path / "demo.yaml"
+    f.write_text("data: digits\n")
+    assert main(["demo", "--config", str(f)]) == 2
+    assert "data: must be a mapping, got 'digits'" in capsys.readouterr().err
+    assert "cfg" not in job_config
+
+
+def test_kafka_commands_read_the_documented_env(monkeypatch: pytest.MonkeyPatch, job_config: dict) -> None:
+    """README: STREAMLEARN_KAFKA_BOOTSTRAP_SERVERS (and every STREAMLEARN_KAFKA_<key>) for run, topics and produce;
+    a flag wins; STREAMLEARN_KAFKA_BOOTSTRAP is the test harness's variable, not a setting."""
+    monkeypatch.setenv("STREAMLEARN_KAFKA_BOOTSTRAP", "harness:1")
+    monkeypatch.setenv("STREAMLEARN_KAFKA_BOOTSTRAP_SERVERS", "env:9093")
+    monkeypatch.setenv("STREAMLEARN_KAFKA_GROUP_ID", "env-group")
+    for argv in (["topics", "describe"], ["topics", "create"], ["produce"]):
+        s = kafka_settings(build_parser().parse_args(argv))
+        assert (s.bootstrap_servers, s.group_id) == ("env:9093", "env-group"), argv
+    s = kafka_settings(build_parser().parse_args(["produce", "--bootstrap-servers", "flag:1"]))
+    assert (s.bootstrap_servers, s.group_id) == ("flag:1", "env-group")
+    assert main(["run"]) == 0
+    assert job_config["cfg"].kafka.bootstrap_servers == "env:9093"
+
+
+def test_help_names_only_the_documented_bootstrap_variable(capsys) -> None:
+    for argv in (["run", "--help"], ["topics", "describe", "--help"], ["produce", "--help"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        assert "default $STREAMLEARN_KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092" in text, argv
+        assert "$STREAMLEARN_KAFKA_BOOTSTRAP " not in text and "$STREAMLEARN_KAFKA_BOOTSTRAP)" not in text
+
+
+def test_os_error_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    def broken(args):
+        raise FileNotFoundError(2, "No such file or directory", "/nonexistent/dir/h.jsonl")
+
+    monkeypatch.setitem(cli.COMMANDS, "report", broken)
+    assert main(["report", "--history", "h", "--out", "o.png"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("streamlearn: error:") and "/nonexistent/dir/h.jsonl" in err[0]
 
 
 def test_evaluate_all_on_digits_random_policy() -> None:

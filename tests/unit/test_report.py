@@ -126,3 +126,10 @@ def test_out_in_a_missing_directory_is_an_error(tmp_path: Path, capsys: pytest.C
     assert main(["report", "--history", str(history), "--out", str(tmp_path / "nope" / "r.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--out" in err[0]
+
+
+def test_out_that_is_a_directory_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    history = write_history(tmp_path / "history.jsonl", synthetic_rows(3))
+    assert main(["report", "--history", str(history), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("streamlearn: error: --out") and "is a directory" in err[0], err
