@@ -201,6 +201,9 @@ def mb(n: int) -> float:
 def start_ray(num_cpus: int = 2) -> None:
     import logging
 
+    from streamlearn.cli import loopback_ray
+
+    loopback_ray()  # as the CLI does: effective only if nothing imported ray yet
     import ray
 
     if ray.is_initialized():

@@ -39,6 +39,17 @@ def inline_larger_calls() -> None:
     os.environ.setdefault(INLINE_ENV, str(INLINE_BYTES))
 
 
+ACTOR_SHARE = 0.001  # of the placement resource per actor: pods offer 1000, so it never limits the count
+
+
+def placed(actor_class: Any, resource: str | None) -> Any:
+    """``actor_class`` bound to the nodes offering the custom ``resource`` and spread over them (without
+    SPREAD they pack onto one node); as is when ``resource`` is None."""
+    if resource is None:
+        return actor_class
+    return actor_class.options(resources={resource: ACTOR_SHARE}, scheduling_strategy="SPREAD")
+
+
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
 class ParamServerActor:
     """One shard. Async actor: a sync-mode push waits for its round to close."""

@@ -14,6 +14,7 @@ event's update is then in the surviving model exactly once.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import signal
@@ -126,7 +127,7 @@ class Job:
         self.cfg = cfg
         self.handle_signals = handle_signals  # SIGTERM/SIGINT: drain, checkpoint, summary
         self.progress = progress
-        self.metrics = Metrics()
+        self.metrics = Metrics(checkpoints=cfg.checkpoint.dir is not None)
         self.detector = DivergenceDetector(cfg.divergence)
         self.rollbacks = 0
         self.totals = Totals()
@@ -163,6 +164,10 @@ class Job:
             inline_larger_calls()
             ray.init(num_cpus=r.num_cpus, include_dashboard=r.dashboard, dashboard_host="127.0.0.1",
                      logging_level=logging.WARNING, configure_logging=True, log_to_driver=True)
+            node = ray.util.get_node_ip_address()
+            if not ipaddress.ip_address(node).is_loopback:
+                log.warning("local Ray listens on %s, not only on loopback: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
+                            "before ray is imported (as `streamlearn run` does)", node)
 
     def _partitions(self) -> int:
         if self.cfg.source == "embedded":
@@ -176,13 +181,13 @@ class Job:
         return n
 
     def _build(self) -> None:
-        from streamlearn.actors import ParamServerActor, WorkerActor
+        from streamlearn.actors import ParamServerActor, WorkerActor, placed
 
         cfg = self.cfg
         n = self.partition_count
         self.assignment = [a for a in assign(n, cfg.workers) if a]
-        server: Any = ParamServerActor
-        worker: Any = WorkerActor
+        server: Any = placed(ParamServerActor, cfg.ray.actor_resource)
+        worker: Any = placed(WorkerActor, cfg.ray.actor_resource)
         self.shards = [server.remote(i, cfg.ps, cfg.model, cfg.optim, len(self.assignment))
                        for i in range(cfg.ps.shards)]
         self.workers = [worker.remote(w, cfg, parts, self.shards) for w, parts in enumerate(self.assignment)]

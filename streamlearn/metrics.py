@@ -68,7 +68,8 @@ class MetricsConfig:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None, ewma: float = 0.05) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, ewma: float = 0.05,
+                 checkpoints: bool = True) -> None:
         r = self.registry = registry or CollectorRegistry()
         self.ewma = ewma
         self.events = Counter("streamlearn_events_total", "Events by topic and outcome "
@@ -98,8 +99,10 @@ class Metrics:
         self.lag = Gauge("streamlearn_consumer_lag", "Records behind the end of the partition",
                          ["topic", "partition"], registry=r)
         self.pending = Gauge("streamlearn_join_pending", "Events waiting for their join partner", registry=r)
-        self.checkpoint_age = Gauge("streamlearn_checkpoint_age_seconds", "Seconds since the last checkpoint",
-                                    registry=r)
+        # only with checkpoints on: without them there is no age, and one counted from the start would fire
+        # StreamlearnCheckpointTooOld 15 minutes in
+        self.checkpoint_age = Gauge("streamlearn_checkpoint_age_seconds", "Seconds since the last checkpoint "
+                                    "(since the start before the first)", registry=r) if checkpoints else None
         self.workers = Gauge("streamlearn_workers", "Live worker actors", registry=r)
         self.example_loss = Histogram("streamlearn_example_loss", "Per-example loss, on a sample of up to 64 "
                                       "examples per worker step", ["polarity"],
@@ -206,7 +209,8 @@ class Metrics:
 
     def tick(self, history: str | None, every: float) -> None:
         """Refresh time-based gauges; append a history snapshot when one is due."""
-        self.checkpoint_age.set(time.time() - self.last_checkpoint)
+        if self.checkpoint_age is not None:
+            self.checkpoint_age.set(time.time() - self.last_checkpoint)
         if history is None or time.time() - self._history_at < every:
             return
         if self._history is None:
