@@ -36,6 +36,15 @@ if [ ! -x "$checkov_venv/bin/checkov" ]; then
   "$checkov_venv/bin/pip" install -q --disable-pip-version-check -r "$root/.ci/requirements-checkov.txt"
 fi
 
+# tests/deploy render the overlays with kustomize v5: kubectl >= 1.27 has it inside; else build kustomize with
+# Go (from the module proxy) into the cache, where tests/deploy/helpers.py looks too
+kubectl_v5() { command -v kubectl >/dev/null &&
+  kubectl version --client -o json 2>/dev/null | grep -Eq '"kustomizeVersion": *"v([5-9]|[1-9][0-9])'; }
+gobin=${XDG_CACHE_HOME:-$HOME/.cache}/streamlearn/go-bin
+if ! kubectl_v5 && ! command -v kustomize >/dev/null && [ ! -x "$gobin/kustomize" ]; then
+  GOBIN=$gobin go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0
+fi
+
 # fetch the broker's jars now (a cached no-op later), so the first test does not pay for it
 "$here/kafka/local.sh" fetch
 echo "dev-setup: ok" >&2
