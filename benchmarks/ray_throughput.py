@@ -16,7 +16,10 @@ on one local Ray (``num_cpus`` 2) started once, and prints one JSON line:
 * ``push_fraction``: the job summary's share of the workers' step time spent
   in push calls (sending, and waiting for replies not yet there);
   ``push_wait_fraction``: the waiting part alone (in sync mode, for the round
-  to close); ``push_to_compute``: push seconds / the gradient compute seconds.
+  to close); ``call_overhead_fraction``: push_fraction less the part of the
+  waits the servers still held the reply (each reply says how long its server
+  held the push: in sync mode, until the round closed), i.e. the calls' own
+  cost; ``push_to_compute``: push seconds / the gradient compute seconds.
 * ``workers_busy``: the workers' time inside ``Worker.step`` over the window,
   per worker: below 1 they wait between steps (for the driver, Ray's dispatch).
 * ``cpu_cores``: CPU seconds (user + system) over the window, per window
@@ -108,6 +111,7 @@ def measure(row: Row, topics: harness.Topics, data: DataConfig) -> dict[str, Any
         "job_summary_events_per_second": s["events_per_second"], "wall_seconds": round(run.wall_seconds, 1),
         "peak_rss_mb": harness.mb(run.peak_rss_job), "peak_rss_ray_mb": harness.mb(run.peak_rss_ray),
         "push_fraction": s["push_fraction"], "push_wait_fraction": s["push_wait_fraction"],
+        "call_overhead_fraction": s["call_overhead_fraction"],
         "push_to_compute": s["push_to_compute"], "push_budget": cfg.ps.push_budget,
         "grads_per_push_mean": s["grads_per_push_mean"],
         "heldout_accuracy": harness.heldout_accuracy(cfg.model, run.weights, data),
@@ -122,18 +126,20 @@ def _cores(cores: dict[str, float]) -> str:
 
 
 def render(lines: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str, Any]) -> str:
-    head = ("| row | events/s (median) | all runs | push_fraction | of which waiting | push / compute | "
+    head = ("| row | events/s (median) | all runs | push_fraction | of which waiting | calls' own cost | "
+            "push / compute | "
             "micro-batches per push | "
             "peak RSS driver+actors (MB) | + Ray processes (MB) | held-out acc | updates | stale dropped | "
             "CPU cores: workers, servers, driver |")
     out = [f"Ray throughput, {meta['date']}, {meta['machine']}; {meta['events']} events (JSON, digits, "
            f"random policy), {meta['partitions']} partitions; `{meta['command']}`", "", head,
-           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in lines:
         flag = "" if r["complete"] else " (incomplete)"
         runs = ", ".join(f"{x:,}" for x in r["all_events_per_second"])
         out.append(f"| {r['row']}{flag} | {r['events_per_second']:,} | {runs} | {r['push_fraction']} | "
-                   f"{r['push_wait_fraction']} | {r['push_to_compute']} | {r['grads_per_push_mean']} | "
+                   f"{r['push_wait_fraction']} | {r.get('call_overhead_fraction')} | {r['push_to_compute']} | "
+                   f"{r['grads_per_push_mean']} | "
                    f"{r['peak_rss_mb']:,.0f} | "
                    f"{r['peak_rss_ray_mb']:,.0f} | {r['heldout_accuracy']:.3f} | "
                    f"{r['updates']:,} | {r['stale_dropped']:,} | {_cores(r.get('cpu_cores', {}))} |")
@@ -166,6 +172,9 @@ def run(bootstrap: str, args: argparse.Namespace, rows: list[Row]) -> None:
     if fr:
         summary["push_fraction_min"], summary["push_fraction_max"] = min(fr), max(fr)
         summary["target_push_fraction"] = 0.05
+    own = [r["call_overhead_fraction"] for r in lines if r.get("call_overhead_fraction") is not None]
+    if own:
+        summary["call_overhead_fraction_max"] = max(own)
     print(json.dumps(summary), flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores", "events": topics.events,
             "partitions": args.partitions, "command": "python benchmarks/ray_throughput.py " + " ".join(sys.argv[1:])}

@@ -10,6 +10,7 @@ import asyncio
 import math
 import os
 import struct
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -69,24 +70,30 @@ class ParamServerActor:
     async def push_update(self, message: bytes) -> bytes:
         """A dense model's update, packed by :func:`pack_update`: one addition, however many steps it carries
         (sync mode: the round's average, once the round closed). The reply is packed by :func:`pack_reply`."""
+        start = time.perf_counter()
         head, update = unpack_update(message, self._width)
         await self._order.turn(head.client.hex(), head.seq)
         if self.cfg.mode == "sync":
             result = await self._in_round(head, update, None)
         else:
             result = self.shard.add_update(update, head.steps, head.version)
-        return pack_reply(result, self.shard.flat().read() if head.pull else None)
+        state = self.shard.flat().read() if head.pull else None
+        result.held = time.perf_counter() - start
+        return pack_reply(result, state)
 
     async def push_rows(self, message: bytes) -> bytes:
         """A sparse model's update, packed by :func:`pack_rows`: added to its rows (sync mode: averaged into
         the round); the reply, packed by :func:`pack_reply`, carries those rows' state after."""
+        start = time.perf_counter()
         head, rows, update = unpack_rows(message, self._state_rows)
         await self._order.turn(head.client.hex(), head.seq)
         if self.cfg.mode == "sync":
             result = await self._in_round(head, update, rows)
         else:
             result = self.shard.add_update(update, head.steps, head.version, rows)
-        return pack_reply(result, self.shard.row_state().read(rows))
+        state = self.shard.row_state().read(rows)
+        result.held = time.perf_counter() - start
+        return pack_reply(result, state)
 
     async def _in_round(self, head: UpdateHead, update: np.ndarray, rows: np.ndarray | None) -> PushResult:
         """Sync mode: put a worker's update (no steps: it had nothing) in the open round; return once the
@@ -236,7 +243,8 @@ class UpdateHead(NamedTuple):
 
 _UPDATE_HEAD = struct.Struct("<16sqiqi?")
 _ROWS = struct.Struct("<q")  # a sparse update's row count
-_REPLY_HEAD = struct.Struct("<qiiiqdd")  # version, applied, dropped, downweighted, staleness, lr, clip (NaN: none)
+# version, applied, dropped, downweighted, staleness, lr, clip (NaN: none), held seconds
+_REPLY_HEAD = struct.Struct("<qiiiqddd")
 
 
 def pack_update(head: UpdateHead, update: np.ndarray) -> bytes:
@@ -253,7 +261,7 @@ def pack_reply(result: PushResult, state: np.ndarray | None) -> bytes:
     stale = result.staleness[0] if result.staleness else 0
     clip = math.nan if result.clip_norm is None else result.clip_norm
     head = _REPLY_HEAD.pack(result.version, result.applied, result.dropped, result.downweighted, stale,
-                            result.lr if result.lr is not None else math.nan, clip)
+                            result.lr if result.lr is not None else math.nan, clip, result.held)
     return head if state is None else head + np.ascontiguousarray(state, dtype=np.float32).tobytes()
 
 
@@ -273,10 +281,10 @@ def unpack_rows(message: bytes, state_rows: int) -> tuple[UpdateHead, np.ndarray
 
 
 def unpack_reply(message: bytes, count: int, rows: int) -> tuple[PushResult, np.ndarray | None]:
-    version, applied, dropped, downweighted, stale, lr, clip = _REPLY_HEAD.unpack_from(message)
+    version, applied, dropped, downweighted, stale, lr, clip, held = _REPLY_HEAD.unpack_from(message)
     result = PushResult(applied=applied, dropped=dropped, downweighted=downweighted, staleness=[stale] * count,
                         kept=[not dropped] * count, version=version, lr=None if math.isnan(lr) else lr,
-                        clip_norm=None if math.isnan(clip) else clip)
+                        clip_norm=None if math.isnan(clip) else clip, held=held)
     if len(message) == _REPLY_HEAD.size:
         return result, None
     return result, np.frombuffer(message, dtype=np.float32, offset=_REPLY_HEAD.size).reshape(rows, -1)

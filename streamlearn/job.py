@@ -96,6 +96,7 @@ class Totals:
     pushes: int = 0
     push_seconds: float = 0.0
     push_wait_seconds: float = 0.0
+    push_held_seconds: float = 0.0
     compute_seconds: float = 0.0
     step_seconds: float = 0.0
 
@@ -112,6 +113,7 @@ class Totals:
         self.pushes += r.pushes
         self.push_seconds += r.push_seconds
         self.push_wait_seconds += r.push_wait_seconds
+        self.push_held_seconds += r.push_held_seconds
         self.compute_seconds += sum(r.batch_seconds)
         self.step_seconds += r.step_seconds
 
@@ -534,6 +536,9 @@ class Job:
             "push_to_compute": round(t.push_seconds / t.compute_seconds, 4) if t.compute_seconds else None,
             # the part of push_fraction spent waiting for replies (sync: for the round to close), not calling
             "push_wait_fraction": round(t.push_wait_seconds / t.step_seconds, 4) if t.step_seconds else None,
+            # the servers holding replies (sync: the round) is not the calls' cost; the rest is
+            "call_overhead_fraction": round((t.push_seconds - t.push_held_seconds) / t.step_seconds, 4)
+            if t.step_seconds else None,
         }
         self.weights = self.final_weights()  # kept for callers after the actors are gone
         if cfg.source == "embedded":

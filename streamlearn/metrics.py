@@ -113,8 +113,9 @@ class Metrics:
         self.step_seconds = Counter("streamlearn_worker_step_seconds_total", "Seconds the workers spent in steps "
                                     "(poll, decode, join, compute, server calls), summed over workers", registry=r)
         self.ps_call = Counter("streamlearn_ps_call_seconds_total", "Seconds the workers spent in calls to the "
-                               "parameter servers (pushes, pulls), by part: send, or wait for replies not there "
-                               "yet (sync mode: for the round)", ["part"], registry=r)
+                               "parameter servers (pushes, pulls), by part: send; wait for a reply on its way; held, "
+                               "the wait while the servers still held it (sync mode: the round)", ["part"],
+                               registry=r)
         self.pushes = Counter("streamlearn_pushes_total", "Pushes to the parameter servers (one per group of "
                               "micro-batches)", registry=r)
         self.batch_seconds = Histogram("streamlearn_batch_seconds", "Seconds a worker spends on one group of "
@@ -196,7 +197,8 @@ class Metrics:
             self.batch_seconds.observe(sec)
         self.step_seconds.inc(r.step_seconds)
         self.ps_call.labels("send").inc(max(0.0, r.push_seconds - r.push_wait_seconds))
-        self.ps_call.labels("wait").inc(r.push_wait_seconds)
+        self.ps_call.labels("wait").inc(max(0.0, r.push_wait_seconds - r.push_held_seconds))
+        self.ps_call.labels("held").inc(r.push_held_seconds)
         self.pushes.inc(r.pushes)
         if r.replica_drift is not None:
             self.drift.labels(str(r.worker)).set(r.replica_drift)

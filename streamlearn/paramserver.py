@@ -218,6 +218,7 @@ class PushResult:
     version: int = 0  # the shard's version after the push
     lr: float | None = None  # the servers' learning rate (the guard may lower it): workers step with it
     clip_norm: float | None = None  # the guard's gradient clip while diverging: workers clip with it
+    held: float = 0.0  # seconds the server held the push before replying (sync mode: the wait for the round)
 
 
 def combine(results: Sequence[PushResult]) -> PushResult:
@@ -227,10 +228,10 @@ def combine(results: Sequence[PushResult]) -> PushResult:
     another applied; its examples are then not credited (the model holds part of it: counted as dropped)."""
     first = results[0]
     if len(results) == 1:
-        return first
+        return first  # (the worker waits for the slowest shard: its hold is the push's)
     kept = [all(k) for k in zip(*(r.kept for r in results), strict=True)]
     return replace(first, kept=kept, dropped=kept.count(False), applied=kept.count(True),
-                   downweighted=max(r.downweighted for r in results))
+                   downweighted=max(r.downweighted for r in results), held=max(r.held for r in results))
 
 
 class Contribution(NamedTuple):

@@ -149,6 +149,9 @@ class StepResult:
     batch_seconds: list[float] = field(default_factory=list)  # compute per group (gradients, local steps)
     push_seconds: float = 0.0  # in calls to the servers: sending pushes, waiting for replies not yet there, pulls
     push_wait_seconds: float = 0.0  # the waiting (and reading) part: replies fetched when settling
+    # the part of that wait the servers held the push (sync mode: for the round): push_seconds less this is
+    # the calls' own cost
+    push_held_seconds: float = 0.0
     step_seconds: float = 0.0  # the whole step: poll, decode, join, compute, push
     pending: int = 0
     exhausted: bool = False
@@ -347,7 +350,9 @@ class Worker:
             self._inflight = None
         t = time.perf_counter()
         result, weights = push.pending.result()
-        self._waited(out, time.perf_counter() - t)
+        waited = time.perf_counter() - t
+        self._waited(out, waited)
+        out.push_held_seconds += min(result.held, waited)  # what the reply was still held for, at most
         out.staleness.extend(result.staleness)
         self._behind = max(result.staleness, default=0)
         out.dropped += result.dropped

@@ -49,13 +49,16 @@ def test_half_tls_config_fails_naming_the_keys() -> None:
 
 
 def test_server_call_time_is_exported_as_a_share_of_step_time() -> None:
-    """rate(ps_call_seconds) / rate(worker_step_seconds) is the summary's push_fraction: send and wait parts,
-    summed over steps and workers; pushes counted."""
+    """rate(ps_call_seconds) / rate(worker_step_seconds) is the summary's push_fraction: send, wait and held
+    parts (held: the servers still held the reply, the sync round), summed over steps and workers; pushes
+    counted."""
     m = Metrics()
     m.observe(StepResult(worker=0, records=10, step_seconds=2.0, push_seconds=0.3, push_wait_seconds=0.1, pushes=3))
-    m.observe(StepResult(worker=1, records=10, step_seconds=1.0, push_seconds=0.2, push_wait_seconds=0.2, pushes=1))
+    m.observe(StepResult(worker=1, records=10, step_seconds=1.0, push_seconds=0.2, push_wait_seconds=0.2, pushes=1,
+                         push_held_seconds=0.15))
     get = m.registry.get_sample_value
     assert get("streamlearn_worker_step_seconds_total") == pytest.approx(3.0)
     assert get("streamlearn_ps_call_seconds_total", {"part": "send"}) == pytest.approx(0.2)
-    assert get("streamlearn_ps_call_seconds_total", {"part": "wait"}) == pytest.approx(0.3)
+    assert get("streamlearn_ps_call_seconds_total", {"part": "wait"}) == pytest.approx(0.15)
+    assert get("streamlearn_ps_call_seconds_total", {"part": "held"}) == pytest.approx(0.15)
     assert get("streamlearn_pushes_total") == 4

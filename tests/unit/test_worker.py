@@ -2,6 +2,7 @@
 
 import os
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -566,3 +567,43 @@ def test_dead_letters_the_broker_has_not_acknowledged_travel_in_the_snapshot() -
     r = again.step()  # reads offsets 5..8 (one more bad record) and retries
     assert r.dead == {"not_json": 1}
     assert [d.record.offset for d in fresh.delivered] == [0, 3, 6] and fresh.unacked() == []
+
+
+def test_the_time_servers_hold_a_push_is_told_apart_from_the_calls_own_cost() -> None:
+    """A reply carries how long its server held the push (sync mode: until the round closed); the worker
+    counts the part of its wait the servers still held it, so push_seconds less that is the calls' own cost
+    (what --push-budget and the per-call overhead are about)."""
+    from streamlearn.actors import pack_reply, unpack_reply
+    from streamlearn.paramserver import PushResult, combine
+
+    sent = PushResult(applied=4, kept=[True] * 4, version=9, staleness=[1] * 4, held=0.125)
+    got, _ = unpack_reply(pack_reply(sent, None), count=4, rows=2)
+    assert got.held == 0.125 and got.version == 9 and got.kept == [True] * 4
+    assert combine([got, PushResult(applied=4, kept=[True] * 4, held=0.25)]).held == 0.25  # the slowest shard
+
+    _, client, (a, _) = _hashed_job(2, 1)
+    submit = client.submit_rows
+
+    class Held:
+        """A reply that takes 50 ms to come, 40 ms of them held at the server."""
+
+        def __init__(self, done: Any) -> None:
+            self.inner = done
+
+        def done(self) -> bool:
+            return False
+
+        def result(self) -> Any:
+            time.sleep(0.05)
+            result, state = self.inner.result()
+            result.held = 0.04
+            return result, state
+
+    client.submit_rows = lambda *args: Held(submit(*args))  # type: ignore[method-assign]
+    r = a.step()
+    a_flush = a.flush()
+    pushes = r.pushes
+    assert pushes >= 2
+    held = r.push_held_seconds + a_flush.push_held_seconds
+    assert held == pytest.approx(0.04 * pushes)
+    assert r.push_wait_seconds + a_flush.push_wait_seconds >= 0.05 * pushes > held
