@@ -336,8 +336,11 @@ def run_job(cfg: Any, topics: Topics, profile: float = 0.0) -> JobRun:
     """
     import torch
 
+    from streamlearn.worker import tune_gc
+
     start_ray()
     torch.set_num_threads(1)  # as the CLI does
+    tune_gc()  # as the CLI's main does: the driver's collections delay the next step it sends (sync rounds wait)
     cls = _timed_job_class()
     cls.ready_event = threading.Event()
     job = cls(cfg)
