@@ -106,11 +106,9 @@ class ParamServerActor:
         if len(self.shard.round) >= self.workers:
             self._close_round()
         await closed.wait()
-        if not ok:
-            return self.shard.stamp(PushResult(dropped=head.steps, kept=[False] * head.steps,
-                                               staleness=[0] * head.steps))
-        return self.shard.stamp(PushResult(applied=head.steps, kept=[True] * head.steps,
-                                           staleness=[0] * head.steps))
+        n = head.steps
+        return self.shard.stamp(PushResult(applied=n if ok else 0, dropped=0 if ok else n, kept=[ok] * n,
+                                           staleness=[0] * n))
 
     async def pull_rows(self, rows: np.ndarray) -> tuple[int, np.ndarray]:
         """A sparse model's state on ``rows`` (this shard's own numbering), accumulators included."""

@@ -300,8 +300,7 @@ class Shard:
         """
         stale = self.version - version
         out = PushResult(staleness=[stale] * count)
-        if not np.isfinite(update).all():  # workers discard such groups: this one is a bug, not data
-            log.error("shard %d: refused an update of %d steps that is not finite", self.index, count)
+        if not self._finite(update, count):
             out.dropped, out.kept = count, [False] * count
             return self.stamp(out)
         scale = 1.0
@@ -319,6 +318,14 @@ class Shard:
         out.applied, out.kept = count, [True] * count
         return self.stamp(out)
 
+    def _finite(self, update: np.ndarray, count: int) -> bool:
+        """Whether an update may be added; one that is not finite is refused and logged (workers discard
+        such groups themselves: this one is a bug, not data)."""
+        if np.isfinite(update).all():
+            return True
+        log.error("shard %d: refused an update of %d steps that is not finite", self.index, count)
+        return False
+
     def stamp(self, out: PushResult) -> PushResult:
         """Fill in what every reply tells a worker: the version, learning rate and clip norm now."""
         out.version = self.version
@@ -330,9 +337,7 @@ class Shard:
                      rows: np.ndarray | None = None) -> bool:
         """Sync: record this worker's update for the open round (None or no steps: it had nothing). An update
         that is not finite counts as nothing and returns False (its steps are not in the round)."""
-        ok = update is None or bool(np.isfinite(update).all())
-        if not ok:
-            log.error("shard %d: refused a round update of %d steps that is not finite", self.index, count)
+        ok = update is None or self._finite(update, count)
         self.round[worker] = None if update is None or count <= 0 or not ok else Contribution(update, count, rows)
         return ok
 

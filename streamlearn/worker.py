@@ -284,11 +284,11 @@ class Worker:
         if kept:
             after = self.replica.state(rows)  # the update, and the base of the reply's merge
             update = after - before
-            if not np.isfinite(update).all():
+            if np.isfinite(update).all():
+                self._push(update, kept, out, pull=self._pull_due(after_push=True), state=after, rows=rows)
+            else:
                 kept = self._discard(kept, before, rows, out)
-        if kept:
-            self._push(update, kept, out, pull=self._pull_due(after_push=True), state=after, rows=rows)
-        elif self.cfg.mode == "sync":
+        if not kept and self.cfg.mode == "sync":
             self._push_nothing(out)  # every gradient failed: the round must not wait for this worker
         if not kept and out.stats.skipped and not self.learner.model.sparse \
                 and not np.isfinite(self.learner.flat().read()).all():
