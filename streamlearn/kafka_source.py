@@ -22,6 +22,7 @@ sees :class:`~streamlearn.source.Record` and the
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import math
@@ -36,10 +37,14 @@ from typing import Any
 import kafka.errors as kerr
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import KafkaAdminClient
+from kafka.consumer.fetcher import Fetcher
+from kafka.record.default_records import DefaultRecordBatch
+from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 
 from streamlearn.codec import CODECS, Kind, encode_binary, encode_json
 from streamlearn.events import Event, Prediction
 from streamlearn.ingest import DeadLetter
+from streamlearn.record_batch import CorruptBatch, read_records
 from streamlearn.source import Record, partition_of
 
 log = logging.getLogger(__name__)
@@ -212,6 +217,93 @@ def _admin(settings: KafkaSettings) -> Iterator[KafkaAdminClient]:
 # source
 
 
+# ---------------------------------------------------------------------------
+# reading fetched record batches
+
+
+def _partition_records(kinds: Mapping[str, Kind]) -> type:
+    """kafka-python's buffer of one fetched partition, its record loop replaced by :func:`read_records`.
+
+    The client builds two objects per record and calls a function per
+    varint; this reads each v2 batch in one loop straight into the Records
+    the workers use. Control batches are skipped and CRCs checked as the
+    client does; old message formats (v0/v1) go through the client's reader.
+    The hooks are private to kafka-python, so :func:`_batch_hooks_work`
+    checks them once per process and the source falls back to the client's
+    own path when they are missing or read a known batch differently.
+    """
+
+    class BatchRecords(Fetcher.PartitionRecords):
+        def _unpack_records(self, tp: TopicPartition, records: MemoryRecords, *_: object) -> Iterator[Record]:
+            topic, part = tp.topic, tp.partition
+            kind = kinds[topic]
+            last = None
+            batch = records.next_batch()
+            while batch is not None:
+                if self.check_crcs and not batch.validate_crc():
+                    raise kerr.CorruptRecordError(f"record batch of {tp} at offset {batch.base_offset} "
+                                                  "failed its CRC check")
+                last = batch
+                if batch.magic != 2:
+                    recs = [Record(kind, topic, part, r.offset, r.key, r.value) for r in batch]
+                elif batch.is_control_batch:  # transaction markers: not records of the stream
+                    recs = []
+                else:
+                    self.leader_epoch = batch.leader_epoch
+                    try:
+                        recs = batch_records(batch, kind, topic, part)
+                    except CorruptBatch as exc:
+                        raise kerr.CorruptRecordError(f"{tp}: {exc}") from None
+                for rec in recs:
+                    self.next_fetch_offset = rec.offset + 1  # the client may stop mid-batch
+                    yield rec
+                batch = records.next_batch()
+            if last is not None and last.magic == 2:
+                self.next_fetch_offset = last.next_offset  # past records compaction removed
+            self.drain()
+
+    return BatchRecords
+
+
+def batch_records(batch: DefaultRecordBatch, kind: Kind, topic: str, partition: int) -> list[Record]:
+    """The records of one fetched v2 batch (``kind``, ``topic`` and ``partition`` label them)."""
+    iter(batch)  # decompresses, if the producer compressed
+    return read_records(bytes(batch._buffer), batch._pos, batch.records_count, batch.base_offset,
+                        kind, topic, partition)
+
+
+def _read_batches(consumer: KafkaConsumer, kinds: Mapping[str, Kind]) -> bool:
+    """Make ``consumer`` yield Records through :func:`_partition_records`; False if it has no fetcher to hook."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if not isinstance(fetcher, Fetcher):
+        log.warning("kafka source: this kafka-python's consumer has no fetcher to hook; using its own reader")
+        return False
+    fetcher.PartitionRecords = _partition_records(kinds)
+    return True
+
+
+@functools.cache
+def _batch_hooks_work() -> bool:
+    """Whether this kafka-python has the hooks :func:`_partition_records` uses, reading them right."""
+    try:
+        builder = MemoryRecordsBuilder(magic=2, compression_type=0, batch_size=1 << 16, offset=7)
+        sent = [(b"k", b'{"a": 1}', []), (None, b"", [("h", b"v")]), (b"", None, []), (b"k2", b"x" * 300, [])]
+        for key, value, headers in sent:
+            builder.append(0, key, value, headers)
+        builder.close()
+        batch = MemoryRecords(builder.buffer()).next_batch()
+        got = batch_records(batch, "prediction", "t", 0)
+        ok = [(r.offset, r.key, r.value) for r in got] == [(7 + i, k, v) for i, (k, v, _) in enumerate(sent)]
+        ok = ok and isinstance(batch, DefaultRecordBatch) and callable(Fetcher.PartitionRecords._unpack_records)
+    except Exception as exc:  # an internal moved: the client's own reader still works
+        log.warning("kafka source: reading record batches directly is off (%s); using kafka-python's reader",
+                    _what(exc))
+        return False
+    if not ok:
+        log.warning("kafka source: this kafka-python's batches read differently; using its own reader")
+    return ok
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     """Consumer tuning. Defaults favour throughput; see benchmarks/kafka_throughput.py."""
@@ -228,9 +320,16 @@ class SourceConfig:
     probe_timeout_ms: int = 3_000  # that question's deadline
     backoff_s: float = 0.5  # first retry wait after a failure; doubles per failure
     max_backoff_s: float = 5.0  # cap: next_batch never sleeps longer than this
+    # Take every record the client has fetched at once, so its next fetch is
+    # in flight while the worker learns from them (the client sends a
+    # partition's next fetch only once its last one is taken); at most this
+    # many records wait in the source.
+    read_ahead: int = 50_000
+    read_batches: bool = True  # read record batches with streamlearn.record_batch (see _partition_records)
 
     def __post_init__(self) -> None:
-        for key in ("poll_timeout_ms", "fetch_max_bytes", "max_partition_fetch_bytes", "probe_timeout_ms"):
+        for key in ("poll_timeout_ms", "fetch_max_bytes", "max_partition_fetch_bytes", "probe_timeout_ms",
+                    "read_ahead"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if not (self.idle_probe_s > 0 and self.backoff_s > 0 and self.max_backoff_s >= self.backoff_s):
@@ -274,6 +373,9 @@ class KafkaSource:
         self._positions: dict[tuple[str, int], int] = {}  # next offset to read; the truth
         self._wanted: dict[tuple[str, int], int] = {}  # seek targets not yet applied
         self._consumer: KafkaConsumer | None = None
+        self._batches = self.cfg.read_batches and _batch_hooks_work()  # the client yields Records itself
+        self._ahead: list[list[Record]] = []  # polled, not yet returned: runs of one (topic, partition)
+        self._ahead_n = 0
         self._failures = 0  # consecutive failures, for backoff
         self._down_since: float | None = None  # last healthy moment before the current outage
         self._last_ok = time.monotonic()  # last records or successful probe
@@ -290,32 +392,55 @@ class KafkaSource:
         """Up to ``max_records`` records of the owned partitions, in offset order per partition."""
         if self._closed:
             raise ValueError("next_batch: source is closed")
+        if max_records < 1:
+            raise ValueError(f"next_batch: max_records must be >= 1, got {max_records}")
+        if self._ahead_n < max_records and not self._read_ahead():
+            return []
+        out: list[Record] = []
+        positions, ahead = self._positions, self._ahead
+        while ahead and len(out) < max_records:
+            run = ahead[0]
+            room = max_records - len(out)
+            if len(run) > room:
+                ahead[0], run = run[room:], run[:room]
+            else:
+                del ahead[0]
+            out.extend(run)
+            last = run[-1]
+            positions[(last.topic, last.partition)] = last.offset + 1
+        self._ahead_n -= len(out)
+        self.records += len(out)
+        return out
+
+    def _read_ahead(self) -> bool:
+        """Move what the client has fetched into ``_ahead``; False when there is nothing to return."""
         consumer = self._connected()
         if consumer is None:
-            return []
+            return False
         try:
             if self._wanted:
                 self._apply_seeks(consumer)
-            polled = consumer.poll(timeout_ms=self.cfg.poll_timeout_ms, max_records=max_records)
+            wait = 0 if self._ahead_n else self.cfg.poll_timeout_ms
+            polled = consumer.poll(timeout_ms=wait, max_records=self.cfg.read_ahead)
         except _FATAL as exc:
             raise _unreachable(self.settings, exc) from exc
         except Exception as exc:  # broker gone, timeouts, protocol hiccups: retry, never advance
             self._failed(f"poll failed: {_what(exc)}")
-            return []
+            return False
         if not polled:
-            self._probe_if_idle(consumer)
-            return []
+            if not self._ahead_n:
+                self._probe_if_idle(consumer)
+            return self._ahead_n > 0
         self._last_ok = time.monotonic()
         self._recovered()
-        out: list[Record] = []
-        positions, kinds = self._positions, self._kinds
+        kinds = self._kinds
         for tp, recs in polled.items():
-            topic, part = tp.topic, tp.partition
-            kind = kinds[topic]
-            out.extend([Record(kind, topic, part, r.offset, r.key, r.value) for r in recs])
-            positions[(topic, part)] = recs[-1].offset + 1
-        self.records += len(out)
-        return out
+            if not self._batches:
+                kind = kinds[tp.topic]
+                recs = [Record(kind, tp.topic, tp.partition, r.offset, r.key, r.value) for r in recs]
+            self._ahead.append(recs)
+            self._ahead_n += len(recs)
+        return True
 
     def positions(self) -> dict[tuple[str, int], int]:
         """Next offset to read per (topic, partition); a pair not yet resolved is left out (= earliest)."""
@@ -337,9 +462,15 @@ class KafkaSource:
                     raise ValueError(f"seek: negative offset {off} for {topic}[{part}]")
                 self._wanted[key] = int(off)
         self._positions = {}  # applied by the next next_batch, before it polls
+        self._drop_ahead()
+
+    def _drop_ahead(self) -> None:
+        """Forget polled records not yet returned: the consumer is about to be moved back to ``_positions``."""
+        self._ahead, self._ahead_n = [], 0
 
     def close(self) -> None:
         self._closed = True
+        self._drop_ahead()
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 self._consumer.close(autocommit=False, timeout_ms=2_000)
@@ -413,6 +544,8 @@ class KafkaSource:
         except Exception as exc:
             self._failed(f"connect failed: {_what(exc)}", sleep=sleep)
             return None
+        if self._batches and not _read_batches(consumer, self._kinds):
+            self._batches = False
         try:
             self._check_partitions(consumer)
             consumer.assign(self._tps)
@@ -469,6 +602,7 @@ class KafkaSource:
         wait = min(self.cfg.max_backoff_s, self.cfg.backoff_s * 2 ** (self._failures - 1))
         log.warning("kafka source: broker %s unavailable for %.1fs (%s); positions kept, retry %d in %.1fs",
                     self.settings.bootstrap_servers, now - self._down_since, what, self._failures, wait)
+        self._drop_ahead()
         if self._consumer is not None and self._positions:
             try:  # whatever the client fetched but we did not return is read again
                 for (t, p), off in self._positions.items():
