@@ -39,7 +39,7 @@ from streamlearn.metrics import Metrics
 from streamlearn.paramserver import merge
 from streamlearn.simulate import Dataset, Simulator
 from streamlearn.source import EventSource, MemorySource
-from streamlearn.worker import DeadLetters, ParamClient, StepResult, Worker, regroup
+from streamlearn.worker import DeadLetters, ParamClient, StepResult, Worker, regroup, step_records
 
 log = logging.getLogger("streamlearn.job")
 
@@ -310,7 +310,7 @@ class Job:
         if self.cfg.stop.max_events is not None:
             self._limits = {ref: n for ref, n in self._limits.items() if ref in inflight}
             left = self.cfg.stop.max_events - self.totals.records - sum(self._limits.values())
-            limit = max(0, min(self.cfg.max_records, left))
+            limit = max(0, min(step_records(self.cfg.max_records, self.cfg.ps.mode), left))
             if limit == 0 and self.cfg.ps.mode != "sync":
                 self._parked.add(w)
                 return

@@ -8,7 +8,10 @@ One :meth:`Worker.step` polls one batch of records and trains on every full
 micro-batch it yields, in groups: one call to the servers per group (never one
 call per event), of at least ``grads_per_push`` micro-batches, more while
 pushes take more than ``push_budget`` of the worker's time
-(:mod:`streamlearn.cadence`). The worker steps its replica's own optimizer on
+(:mod:`streamlearn.cadence`). In sync mode, where every push waits for a
+round, a step is one round: it polls until it holds a group's worth (up to
+SYNC_POLLS polls) and pushes it at once, so that every worker pushes once per
+step and rounds cost what the cadence allows. The worker steps its replica's own optimizer on
 each micro-batch and sends what the group's steps changed, weights and
 Adagrad accumulators: a dense model's whole flat state (one update of two
 rows however many micro-batches), a sparse model's rows that the group
@@ -170,6 +173,14 @@ class _Push:
     started: float
 
 
+SYNC_POLLS = 8  # sync mode: polls of max_records a step may make to gather a push's worth
+
+
+def step_records(max_records: int, mode: str) -> int:
+    """The most records one step polls: ``max_records``, times SYNC_POLLS in sync mode."""
+    return max_records * (SYNC_POLLS if mode == "sync" else 1)
+
+
 class Worker:
     def __init__(self, worker: int, learner: Learner, ingest: Ingest, source: EventSource, ps: ParamClient,
                  ps_cfg: PSConfig, dead_letters: DeadLetters | None = None,
@@ -201,19 +212,15 @@ class Worker:
         started = time.perf_counter()
         out = StepResult(self.id)
         before_counts, before_join = Counter(self.ingest.counts), self.ingest.join_counts()
-        n = self.max_records if limit is None else min(limit, self.max_records)
-        records = [] if drain or n <= 0 else self.source.next_batch(n)
-        out.records = len(records)
-        res = self.ingest.process(records)
+        n = step_records(self.max_records, self.cfg.mode)
+        if not drain:
+            self._poll(n if limit is None else min(limit, n), out)
         if self.dead_letters is not None:
-            if res.dead:
-                self.dead_letters.write_many(res.dead)
             self.dead_letters.retry()
-        out.dead.update(d.reason for d in res.dead)
-        self.buffer.extend(res.examples)
         size = self.learner.optim_cfg.batch_size
-        batches = []
-        while len(self.buffer) >= size or (drain and self.buffer):
+        most = None if drain or self.cfg.mode != "sync" else self.cadence.most  # sync: one round per step
+        batches: list[list[Example]] = []
+        while (len(self.buffer) >= size or (drain and self.buffer)) and (most is None or len(batches) < most):
             batches.append(self.buffer[:size])
             self.buffer = self.buffer[size:]
         for group in self._groups(batches):
@@ -234,11 +241,32 @@ class Worker:
         self.cadence.observe(out.push_seconds, out.pushes, out.step_seconds - out.push_seconds, len(batches))
         return out
 
+    def _poll(self, budget: int, out: StepResult) -> None:
+        """Poll and ingest up to ``budget`` records, ``max_records`` at a time: once, except in sync mode, where
+        a step is a round, so it polls while polls come back full and the buffer holds less than a push's worth
+        (the cadence's group; what a step leaves, beyond ``most`` micro-batches, waits for the next)."""
+        sync = self.cfg.mode == "sync"
+        want = self.cadence.group * self.learner.optim_cfg.batch_size
+        while budget > 0 and not (sync and len(self.buffer) >= want):  # a sync step carries at most ``most``
+            take = min(budget, self.max_records)
+            records = self.source.next_batch(take)
+            out.records += len(records)
+            budget -= take
+            res = self.ingest.process(records)
+            if res.dead and self.dead_letters is not None:
+                self.dead_letters.write_many(res.dead)
+            out.dead.update(d.reason for d in res.dead)
+            self.buffer.extend(res.examples)
+            if not sync or len(records) < take:
+                return
+
     def _groups(self, batches: list[list[Example]]) -> list[list[list[Example]]]:
         """A step's micro-batches cut into pushes of about the cadence's group size, evenly (a poll's 125
         micro-batches at 84 are one push of 125, not 84 then 41), never more than the most a push may carry."""
         if not batches:
             return []
+        if self.cfg.mode == "sync":
+            return [batches]  # a round per step: the step polled about a group's worth, at most ``most``
         most = self.cadence.most
         n = max(-(-len(batches) // most), round(len(batches) / self.cadence.group), 1)
         size = -(-len(batches) // n)

@@ -607,3 +607,33 @@ def test_the_time_servers_hold_a_push_is_told_apart_from_the_calls_own_cost() ->
     held = r.push_held_seconds + a_flush.push_held_seconds
     assert held == pytest.approx(0.04 * pushes)
     assert r.push_wait_seconds + a_flush.push_wait_seconds >= 0.05 * pushes > held
+
+
+def test_a_sync_step_is_one_round_of_about_a_group() -> None:
+    """Sync mode: every push waits for a round, so a step polls on (max_records at a time, up to SYNC_POLLS
+    polls, never past its limit) until it holds the cadence's group and pushes it at once; async steps poll
+    once."""
+    from streamlearn.worker import SYNC_POLLS
+
+    def worker(mode: str, most: int = 256, max_records: int = 100) -> Worker:
+        cfg = JobConfig(workers=1, partitions=1, max_records=max_records, sim=SimConfig(events=20_000),
+                        ps=PSConfig(mode=mode, grads_per_push=16, max_grads_per_push=most, push_budget=0))
+        server = PSConfig(mode="async", grads_per_push=16, max_grads_per_push=most)  # one worker: a round is a push
+        return build_worker(cfg, 0, [0], LocalParamClient([Shard(0, server, cfg.model, cfg.optim)]))
+
+    sync, plain = worker("sync"), worker("async")
+    want = 16 * sync.learner.optim_cfg.batch_size
+    for _ in range(5):
+        r = sync.step()
+        assert r.pushes == 1 and sum(r.applied.values()) >= want  # one round, a group's worth
+        assert 100 < r.records <= 100 * SYNC_POLLS and r.records % 100 == 0
+        assert sync.step(limit=150).records <= 150
+        assert plain.step().records == 100
+
+    capped = worker("sync", most=16, max_records=1000)  # once joins flow, a poll brings ~70 micro-batches
+    per_push = 16 * capped.learner.optim_cfg.batch_size
+    steps = [capped.step() for _ in range(8)]
+    for r in steps:
+        assert r.pushes == 1 and sum(r.applied.values()) == per_push  # never more than most micro-batches
+        assert len(capped.buffer) < 1000  # what a step leaves does not pile up
+    assert sum(r.records == 0 for r in steps) >= 3  # steps that train on what earlier ones left
