@@ -62,11 +62,13 @@ class Row:
     batch_size: int | None = None  # None: the default (4)
     group: str = "base"
     push_budget: float | None = None  # None: the default (0.04); 0: a fixed grads_per_push
+    max_records: int | None = None  # None: the default records per step's poll
 
     @property
     def name(self) -> str:
         extra = "".join([f" gpp{self.grads_per_push}" if self.grads_per_push else "",
                          f" b{self.batch_size}" if self.batch_size else "",
+                         f" poll{self.max_records}" if self.max_records else "",
                          "" if self.push_budget is None else f" budget{self.push_budget:g}"])
         return f"{self.workers}w {self.mode} x{self.shards}{extra}"
 
@@ -79,7 +81,10 @@ CADENCE = [Row(w, "async", s, group="cadence", push_budget=b) for w, s in ((1, 1
            for b in (None, 0.0)]
 # sync mode makes a round trip per micro-batch: its share shrinks only with a larger micro-batch
 SYNC = [Row(2, "sync", batch_size=b, group="sync") for b in (None, 32, 128)]
-GROUPS = {"base": BASE, "tuning": TUNING, "cadence": CADENCE, "sync": SYNC, "all": BASE + TUNING,
+# records per step: a step is a Ray task, a driver fold and, in sync mode, a round
+POLL = [Row(w, m, s, group="poll", max_records=n) for w, m, s in ((2, "async", 1), (2, "sync", 1), (2, "async", 2))
+        for n in (2000, 8000)]
+GROUPS = {"base": BASE, "tuning": TUNING, "cadence": CADENCE, "sync": SYNC, "poll": POLL, "all": BASE + TUNING,
           "min": [Row(1), Row(2), Row(2, "sync"), Row(2, "bounded"), Row(1, shards=2), Row(2, shards=2)]}
 
 
@@ -100,13 +105,16 @@ def measure(row: Row, topics: harness.Topics, data: DataConfig) -> dict[str, Any
         over["ps"]["push_budget"] = row.push_budget
     if row.batch_size:
         over["optim"] = {"batch_size": row.batch_size}
+    if row.max_records:
+        over["max_records"] = row.max_records
     cfg = harness.job_config(topics, workers=row.workers, **over)
     run = harness.run_job(cfg, topics)
     s = run.summary
     return {
         "bench": "ray_throughput", "row": row.name, "group": row.group, "workers": row.workers,
         "ps_mode": row.mode, "ps_shards": row.shards, "grads_per_push": cfg.ps.grads_per_push,
-        "batch_size": cfg.optim.batch_size, "events_per_second": round(run.events_per_second),
+        "batch_size": cfg.optim.batch_size, "max_records": cfg.max_records,
+        "events_per_second": round(run.events_per_second),
         "window_events": run.events, "window_seconds": round(run.seconds, 2),
         "job_summary_events_per_second": s["events_per_second"], "wall_seconds": round(run.wall_seconds, 1),
         "peak_rss_mb": harness.mb(run.peak_rss_job), "peak_rss_ray_mb": harness.mb(run.peak_rss_ray),
