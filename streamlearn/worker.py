@@ -9,8 +9,8 @@ micro-batch it yields, in groups: one call to the servers per group (never one
 call per event), of at least ``grads_per_push`` micro-batches, more while
 pushes take more than ``push_budget`` of the worker's time
 (:mod:`streamlearn.cadence`). In sync mode, where every push waits for a
-round, a step is one round: it polls until it holds a group's worth (up to
-SYNC_POLLS polls) and pushes it at once, so that every worker pushes once per
+round, a step is one round: it polls until it holds a group's worth (at most
+SYNC_POLLS x max_records records) and pushes it at once, so that every worker pushes once per
 step and rounds cost what the cadence allows. The worker steps its replica's own optimizer on
 each micro-batch and sends what the group's steps changed, weights and
 Adagrad accumulators: a dense model's whole flat state (one update of two
@@ -173,7 +173,7 @@ class _Push:
     started: float
 
 
-SYNC_POLLS = 8  # sync mode: polls of max_records a step may make to gather a push's worth
+SYNC_POLLS = 8  # sync mode: a step may poll this many times max_records records to gather a push's worth
 
 
 def step_records(max_records: int, mode: str) -> int:
@@ -242,8 +242,8 @@ class Worker:
         return out
 
     def _poll(self, budget: int, out: StepResult) -> None:
-        """Poll and ingest up to ``budget`` records, ``max_records`` at a time: once, except in sync mode, where
-        a step is a round, so it polls while polls come back full and the buffer holds less than a push's worth
+        """Poll and ingest up to ``budget`` records, ``max_records`` at most a time: once, except in sync mode, where
+        a step is a round, so it polls while polls bring records and the buffer holds less than a push's worth
         (the cadence's group; what a step leaves, beyond ``most`` micro-batches, waits for the next)."""
         sync = self.cfg.mode == "sync"
         want = self.cadence.group * self.learner.optim_cfg.batch_size
@@ -251,13 +251,13 @@ class Worker:
             take = min(budget, self.max_records)
             records = self.source.next_batch(take)
             out.records += len(records)
-            budget -= take
+            budget -= len(records)
             res = self.ingest.process(records)
             if res.dead and self.dead_letters is not None:
                 self.dead_letters.write_many(res.dead)
             out.dead.update(d.reason for d in res.dead)
             self.buffer.extend(res.examples)
-            if not sync or len(records) < take:
+            if not sync or not records:  # an empty poll: caught up (a short one may be a read-ahead's tail)
                 return
 
     def _groups(self, batches: list[list[Example]]) -> list[list[list[Example]]]:

@@ -630,6 +630,13 @@ def test_a_sync_step_is_one_round_of_about_a_group() -> None:
         assert sync.step(limit=150).records <= 150
         assert plain.step().records == 100
 
+    short = worker("sync")  # a source whose batches come short (a read-ahead's tail): the step polls on
+    cut = short.source.next_batch
+    short.source.next_batch = lambda n: cut(min(n, 37))  # type: ignore[method-assign]
+    for _ in range(3):
+        r = short.step()
+        assert r.pushes == 1 and sum(r.applied.values()) >= want and r.records > 37
+
     capped = worker("sync", most=16, max_records=1000)  # once joins flow, a poll brings ~70 micro-batches
     per_push = 16 * capped.learner.optim_cfg.batch_size
     steps = [capped.step() for _ in range(8)]
