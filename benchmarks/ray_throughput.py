@@ -63,12 +63,14 @@ class Row:
     group: str = "base"
     push_budget: float | None = None  # None: the default (0.04); 0: a fixed grads_per_push
     max_records: int | None = None  # None: the default records per step's poll
+    most: int | None = None  # None: the default max_grads_per_push
 
     @property
     def name(self) -> str:
         extra = "".join([f" gpp{self.grads_per_push}" if self.grads_per_push else "",
                          f" b{self.batch_size}" if self.batch_size else "",
                          f" poll{self.max_records}" if self.max_records else "",
+                         f" most{self.most}" if self.most else "",
                          "" if self.push_budget is None else f" budget{self.push_budget:g}"])
         return f"{self.workers}w {self.mode} x{self.shards}{extra}"
 
@@ -84,7 +86,11 @@ SYNC = [Row(2, "sync", batch_size=b, group="sync") for b in (None, 32, 128)]
 # records per step: a step is a Ray task, a driver fold and, in sync mode, a round
 POLL = [Row(w, m, s, group="poll", max_records=n) for w, m, s in ((2, "async", 1), (2, "sync", 1), (2, "async", 2))
         for n in (2000, 8000)]
-GROUPS = {"base": BASE, "tuning": TUNING, "cadence": CADENCE, "sync": SYNC, "poll": POLL, "all": BASE + TUNING,
+# the cap on micro-batches per push, where the cadence reaches it: sync rounds, 2 shards
+MOST = [Row(w, m, s, group="most", most=n) for w, m, s in ((2, "sync", 1), (2, "async", 2), (2, "async", 1))
+        for n in (256, 512)]
+GROUPS = {"base": BASE, "tuning": TUNING, "cadence": CADENCE, "sync": SYNC, "poll": POLL, "most": MOST,
+          "all": BASE + TUNING,
           "min": [Row(1), Row(2), Row(2, "sync"), Row(2, "bounded"), Row(1, shards=2), Row(2, shards=2)]}
 
 
@@ -103,6 +109,8 @@ def measure(row: Row, topics: harness.Topics, data: DataConfig) -> dict[str, Any
         over["ps"]["grads_per_push"] = row.grads_per_push
     if row.push_budget is not None:
         over["ps"]["push_budget"] = row.push_budget
+    if row.most:
+        over["ps"]["max_grads_per_push"] = row.most
     if row.batch_size:
         over["optim"] = {"batch_size": row.batch_size}
     if row.max_records:
@@ -203,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", choices=sorted(GROUPS), default="all",
                    help="base: 1/2 workers x sync/async/bounded x 1/2 shards; tuning: grads-per-push and "
                         "batch size; cadence: the push budget vs a fixed grads-per-push; sync: sync mode at "
-                        "micro-batch 4, 32, 128; min: the six rows the issue asks for; all: base + tuning")
+                        "micro-batch 4, 32, 128; poll: records per step; most: the cap on micro-batches per push; "
+                        "min: the six rows the issue asks for; all: base + tuning")
     p.add_argument("--repeat", type=int, default=1, help="runs per row; the median-rate run is reported")
     p.add_argument("--grads-per-push", type=int, help="for every row that does not set its own")
     args = p.parse_args(argv)

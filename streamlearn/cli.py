@@ -231,7 +231,7 @@ def _add_job(p: argparse.ArgumentParser, embedded: bool) -> None:
     g.add_argument("--push-budget", type=float,
                    help="share of a worker's step time its pushes may take before a push carries more "
                         "micro-batches (default 0.04; 0: a fixed --grads-per-push)")
-    g.add_argument("--max-grads-per-push", type=_positive_int, help="micro-batches per push, at most (default 256)")
+    g.add_argument("--max-grads-per-push", type=_positive_int, help="micro-batches per push, at most (default 512)")
     g.add_argument("--pull-every", type=_positive_int, help="pushes between weight pulls")
     g.add_argument("--ray-address", help="join this Ray cluster ('auto' inside one); default: start Ray here")
     g.add_argument("--ray-num-cpus", type=_positive_int, help="CPUs of the local Ray")
