@@ -142,6 +142,7 @@ class Job:
         self.exhausted: set[int] = set()  # embedded workers at the end of their stream
         self._limits: dict[Any, int] = {}  # with max_events: the most records each queued step may poll
         self._parked: set[int] = set()  # workers with no step queued: max_events is all promised
+        self._dry: set[int] = set()  # workers whose last step polled nothing though it could have
         # what the divergence guard saw at its last look: updates, (loss sum, examples), last good mark
         self._seen_updates = 0
         self._seen_loss: tuple[float, int] = (0.0, 0)
@@ -256,6 +257,9 @@ class Job:
                 self._fold(r)
                 if r.records:
                     last_records = time.monotonic()
+                    self._dry.discard(w)
+                elif self._limits.get(ref, 1) > 0:
+                    self._dry.add(w)
                 if not self._stopping(start, last_records, self.exhausted):
                     for parked in sorted(self._parked - {w}):  # a step came back, maybe short: promise again
                         self._send(inflight, parked)
@@ -305,12 +309,16 @@ class Job:
         """Queue a step on worker ``w``. With ``max_events``, steps in flight never poll more than what is
         left: a step polls at most the rest not promised to steps already queued; when nothing is left to
         promise the worker waits (parked) for those steps to come back, possibly short. In sync mode it steps
-        with a limit of 0 instead, which still answers its round."""
+        with a limit of 0 instead, which still answers its round. A dry worker (its last step polled nothing)
+        is promised nothing while another is not dry: else, steps coming back together (sync rounds), it
+        could claim the rest again and again and starve the worker whose partitions hold it."""
         limit = None
         if self.cfg.stop.max_events is not None:
             self._limits = {ref: n for ref, n in self._limits.items() if ref in inflight}
             left = self.cfg.stop.max_events - self.totals.records - sum(self._limits.values())
             limit = max(0, min(step_records(self.cfg.max_records, self.cfg.ps.mode), left))
+            if w in self._dry and len(self._dry) < len(self.workers):
+                limit = 0
             if limit == 0 and self.cfg.ps.mode != "sync":
                 self._parked.add(w)
                 return
@@ -466,6 +474,7 @@ class Job:
                 log.debug("in-flight push lost: %s", err)
         inflight.clear()
         self.exhausted.clear()
+        self._dry.clear()  # the restore moves the sources back
         found = checkpoint.latest(self.cfg.checkpoint.dir)
         deadline = time.monotonic() + 120
         while True:
