@@ -83,7 +83,7 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class StopConfig:
-    max_events: int | None = None  # stop after this many records consumed (all topics)
+    max_events: int | None = None  # stop after this many records consumed (all topics; a replay counts once)
     max_seconds: float | None = None  # stop after this long
     until_idle: float | None = None  # stop once no new record arrived for this many seconds
 

@@ -143,6 +143,10 @@ class Job:
         self._limits: dict[Any, int] = {}  # with max_events: the most records each queued step may poll
         self._parked: set[int] = set()  # workers with no step queued: max_events is all promised
         self._dry: set[int] = set()  # workers whose last step polled nothing though it could have
+        # records consumed again after a recovery (the sources seek back to the checkpoint): max_events counts
+        # a record once, so it counts records less these; and the count of once-counted records at the last save
+        self.replayed = 0
+        self._fresh_at_save = 0
         # what the divergence guard saw at its last look: updates, (loss sum, examples), last good mark
         self._seen_updates = 0
         self._seen_loss: tuple[float, int] = (0.0, 0)
@@ -315,7 +319,7 @@ class Job:
         limit = None
         if self.cfg.stop.max_events is not None:
             self._limits = {ref: n for ref, n in self._limits.items() if ref in inflight}
-            left = self.cfg.stop.max_events - self.totals.records - sum(self._limits.values())
+            left = self.cfg.stop.max_events - self.fresh_records - sum(self._limits.values())
             limit = max(0, min(step_records(self.cfg.max_records, self.cfg.ps.mode), left))
             if w in self._dry and len(self._dry) < len(self.workers):
                 limit = 0
@@ -329,9 +333,9 @@ class Job:
             self._limits[ref] = limit
 
     def _stopping(self, start: float, last_records: float, exhausted: set[int]) -> bool:
-        s, t = self.cfg.stop, self.totals
+        s = self.cfg.stop
         now = time.monotonic()
-        if s.max_events is not None and t.records >= s.max_events:
+        if s.max_events is not None and self.fresh_records >= s.max_events:
             self.request_stop("max_events")
         elif s.max_seconds is not None and now - start >= s.max_seconds:
             self.request_stop("max_seconds")
@@ -340,6 +344,11 @@ class Job:
         elif self.cfg.source == "embedded" and len(exhausted) == len(self.workers):
             self.request_stop("end_of_stream")
         return self._stop.is_set()
+
+    @property
+    def fresh_records(self) -> int:
+        """Records consumed, each once: those replayed after a recovery are not counted again."""
+        return self.totals.records - self.replayed
 
     def _fold(self, r: StepResult) -> None:
         if r.exhausted and r.records == 0:
@@ -435,6 +444,7 @@ class Job:
         assert self.cfg.checkpoint.dir is not None
         state = self._state()
         path = checkpoint.save(self.cfg.checkpoint.dir, state, self.cfg.checkpoint.keep)
+        self._fresh_at_save = self.fresh_records  # the workers are paused: what the saved positions include
         self.checkpoints += 1
         self.metrics.last_checkpoint = time.time()
         self.last_checkpoint = str(path)
@@ -482,6 +492,8 @@ class Job:
                 if found is None:
                     raise RuntimeError("no checkpoint to recover from (set --checkpoint-dir)")
                 self._restore(found[1])
+                # the sources are back at the checkpoint's positions: what was consumed since comes again
+                self.replayed = self.totals.records - self._fresh_at_save
                 break
             except RayError:
                 if time.monotonic() > deadline:
@@ -533,6 +545,7 @@ class Job:
             "ps_mode": cfg.ps.mode,
             "ps_shards": cfg.ps.shards,
             "recoveries": self.recoveries,
+            "records_replayed": self.replayed,
             "restored_from": self.restored_from,
             "checkpoints": self.checkpoints,
             "stop_reason": self.stop_reason,

@@ -29,9 +29,9 @@ def _expected() -> dict[str, int]:
     return {str(p): n for p, n in sorted(per_partition.items())}
 
 
-def _run_and_kill(tmp_path: Path, victim: str, mode: str) -> dict:
+def _run_and_kill(tmp_path: Path, victim: str, mode: str, max_events: int | None = None) -> dict:
     cfg = job_config(workers=2, ps={"mode": mode}, sim={"events": EVENTS}, max_records=500,
-                     checkpoint={"dir": str(tmp_path), "every_seconds": 0.5})
+                     checkpoint={"dir": str(tmp_path), "every_seconds": 0.5}, stop={"max_events": max_events})
     job = Job(cfg)
     out: dict = {}
     thread = threading.Thread(target=lambda: out.update(job.run()), daemon=True)
@@ -53,6 +53,15 @@ def test_killed_actor_recovers_exactly_once(ray_cluster, tmp_path: Path, victim:
     assert summary["recoveries"] >= 1
     assert summary["model_examples_by_partition"] == _expected()
     assert summary["heldout_accuracy"] > 0.9
+
+
+def test_max_events_counts_a_replayed_record_once(ray_cluster, tmp_path: Path) -> None:
+    """After a recovery the sources replay what followed the checkpoint; --max-events still means that many
+    records of the stream: the final positions add up to it."""
+    summary = _run_and_kill(tmp_path, "worker", "async", max_events=36_000)
+    assert summary["recoveries"] >= 1 and summary["stop_reason"] == "max_events"
+    assert sum(summary["offsets"].values()) == 36_000
+    assert summary["events_consumed"] == 36_000 + summary["records_replayed"]
 
 
 def test_sigkilled_job_restarted_with_the_same_config_resumes(tmp_path: Path) -> None:
