@@ -33,7 +33,7 @@ def _driver(mode: str, records: int, dry: set[int]) -> tuple[Job, list[_Handle]]
                         stop=StopConfig(max_events=10_000))
     job.totals = Totals()
     job.totals.records = records
-    job._limits, job._parked, job._dry = {}, set(), set(dry)
+    job._limits, job._parked, job._dry, job.replayed = {}, set(), set(dry), 0
     handles = [_Handle(), _Handle()]
     job.workers = handles  # type: ignore[assignment]
     return job, handles
