@@ -54,11 +54,13 @@ FROM rayproject/ray:${RAY_VERSION}-py311-cpu
 LABEL org.opencontainers.image.title="streamlearn" \
       org.opencontainers.image.description="Distributed streaming online learner (Ray + Kafka)"
 # RAY_max_direct_call_object_size: every Ray process in the image passes calls of up to 512 KiB inline, as
-# a local `streamlearn run` does (streamlearn/actors.py INLINE_BYTES: a sparse model's pushes are ~160 KB)
+# a local `streamlearn run` does (streamlearn/actors.py INLINE_BYTES: a sparse model's pushes are ~160 KB).
+# NUMBA_CACHE_DIR: the compiled learning loop (streamlearn/linear_kernel.py) caches where the user may write.
 ENV PYTHONUSERBASE=/opt/streamlearn \
     PATH=/opt/streamlearn/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     MPLCONFIGDIR=/tmp/matplotlib \
+    NUMBA_CACHE_DIR=/tmp/numba \
     RAY_max_direct_call_object_size=524288
 COPY --from=build --chown=0:0 /opt/streamlearn /opt/streamlearn
 # The base image gives `ray` passwordless sudo; nothing here needs root, so

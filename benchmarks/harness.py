@@ -452,6 +452,7 @@ WORKER_STAGES: list[tuple[str, str]] = [
     ("poll (kafka-python)", r"KafkaSource\.next_batch \("),
     ("decode", r"^RecordDecoder\.__call__ \("),
     ("join", r"^Joiner\.add_(feedback|prediction) \("),
+    ("learn, compiled (featurize, gradients, local steps)", r"^Learner\._compiled_batches \("),
     ("featurize (Learner.batch)", r"^Learner\.batch \("),
     ("pull weights", r"^Worker\._pull \("),
     ("push to PS (pack + Ray call + wait)", r"^Worker\._push \("),

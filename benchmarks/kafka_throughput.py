@@ -15,10 +15,11 @@ End-to-end rows (the issue "Kafka ingestion"):
 * ``source_ingest_2p`` -- source_ingest in two processes at once, each on
   half of the partitions: what two workers could ingest if learning were
   free, with the broker on the same two cores.
-* ``learn_in_process`` -- KafkaSource + Ingest + Learner.learn in this one
+* ``learn_in_process`` -- KafkaSource + Ingest + Learner.learn_batches in this one
   process, no Ray: the single-process learning ceiling. Its ``stages`` field
-  gives microseconds per event for poll, decode, join, featurize, gradient
-  and optimizer step (each timed around its own call).
+  gives microseconds per event for poll, decode, join and learn (featurize,
+  gradients and optimizer steps of a group of micro-batches: one compiled call
+  for the linear model), each timed around its own calls.
 * ``job_1w`` / ``job_2w`` (and ``job_2w_b32``, micro-batch 32) -- what ``streamlearn run`` does: a
   :class:`streamlearn.job.Job` (Kafka source, async parameter server,
   defaults otherwise) on a local Ray started once. Throughput excludes Ray
@@ -226,14 +227,19 @@ def row_ingest_in_memory(b: Bench) -> Measured:
     return Measured(b.events, len(records), time.perf_counter() - start)
 
 
+GROUP = 64  # micro-batches a worker learns in one call (the default grads_per_push)
+
+
 def row_learn_in_process(b: Bench) -> Measured:
-    """Consume, decode, join and learn in this one process (no Ray), each stage timed on its own."""
+    """Consume, decode, join and learn in this one process (no Ray), each stage timed on its own; learning
+    (featurize, gradients, optimizer steps) is one stage, as the compiled path does them in one call."""
     source = _source(b)
     learner = Learner(ModelConfig(n_features=b.schema.n_features, n_classes=b.schema.n_classes), Objective(),
                       OptimConfig())
     joiners: dict[int, Joiner] = {}
     size = learner.optim_cfg.batch_size
-    t: dict[str, float] = dict.fromkeys(("poll", "decode", "join", "featurize", "gradients", "apply"), 0.0)
+    learner.warm_up()
+    t: dict[str, float] = dict.fromkeys(("poll", "decode", "join", "learn"), 0.0)
     clock = time.perf_counter
     buffer: list[Any] = []
     try:
@@ -255,18 +261,13 @@ def row_learn_in_process(b: Bench) -> Measured:
             t["poll"] += t1 - t0
             t["decode"] += t2 - t1
             t["join"] += t3 - t2
-            while len(buffer) >= size:
-                chunk, buffer = buffer[:size], buffer[size:]
-                a = clock()
-                batch = learner.batch(chunk)
-                c = clock()
-                grads, _ = learner.gradients(batch)
-                d = clock()
-                if grads is not None:
-                    learner.apply(grads)
-                t["featurize"] += c - a
-                t["gradients"] += d - c
-                t["apply"] += clock() - d
+            full = len(buffer) // size * size  # every full micro-batch, in groups of a push's worth (64), as a worker
+            batches = [buffer[i : i + size] for i in range(0, full, size)]
+            buffer = buffer[full:]
+            a = clock()
+            for i in range(0, len(batches), GROUP):
+                learner.learn_batches(batches[i : i + GROUP])
+            t["learn"] += clock() - a
             n += len(recs)
         seconds = clock() - start
     finally:

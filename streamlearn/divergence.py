@@ -175,8 +175,8 @@ def clip_scale(norm: float, clip_norm: float | None) -> float:
 class Guard:
     """Watches one model's updates and acts when they diverge.
 
-    Owns a :class:`DivergenceDetector`; the model holder calls :meth:`clip`
-    on each gradient before the step and :meth:`after_step` after it. Losses
+    Owns a :class:`DivergenceDetector`; the model holder bounds each gradient by
+    :attr:`clip_norm` before the step and calls :meth:`after_step` after it. Losses
     are pooled over ``window_examples`` examples before the detector sees them,
     so a spike means the same thing at any micro-batch size (the mean of 4
     examples is twice as noisy as that of 16); a non-finite batch is reported
@@ -196,12 +196,10 @@ class Guard:
     def diverging(self) -> bool:
         return self.detector.diverging
 
-    def clip(self, grads: list[torch.Tensor], norm: float) -> list[torch.Tensor]:
-        """Bound the gradient norm (``norm``, as the learner measured it) while diverging with guard=clip."""
-        if self.cfg.guard != "clip" or not self.diverging:
-            return grads
-        scale = clip_scale(norm, self.cfg.clip_norm)
-        return grads if scale == 1.0 else [g * scale for g in grads]
+    @property
+    def clip_norm(self) -> float | None:
+        """The bound on each gradient's norm now: ``clip_norm`` while diverging with guard=clip, else none."""
+        return self.cfg.clip_norm if self.cfg.guard == "clip" and self.diverging else None
 
     def after_step(self, loss: float, applied: bool, examples: int = 1,
                    positives: tuple[float, int] = (0.0, 0)) -> list[str]:

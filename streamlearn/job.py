@@ -240,9 +240,27 @@ class Job:
     # -- the loop --------------------------------------------------------------------
 
     def _loop(self, start: float) -> None:
-        cfg = self.cfg
+        """Step until a stop condition, then drain. An actor that dies while the job stops (a parked worker
+        has no step in flight to report it) fails the drain: recover, and go on stepping if the recovery
+        rewound what ``max_events`` counted; else stop again."""
         inflight: dict[Any, int] = {}
         self._issue(inflight)
+        while True:
+            self._steps(inflight, start)
+            try:
+                self._drain()
+                return
+            except RayError as exc:
+                self._recover(inflight, exc)
+            max_events = self.cfg.stop.max_events
+            if self.stop_reason == "max_events" and max_events is not None and self.fresh_records < max_events:
+                self.stop_reason = ""
+                self._stop.clear()
+
+    def _steps(self, inflight: dict[Any, int], start: float) -> None:
+        """Keep a step in flight per worker (two outside sync mode) until a stop condition; between results,
+        watch the weight norm, checkpoint when due and report progress."""
+        cfg = self.cfg
         last_records = time.monotonic()
         last_ckpt = time.monotonic()
         updates_at_ckpt = 0
@@ -290,12 +308,14 @@ class Job:
                 last_report = now
                 self.progress(self._progress_line(now - start))
             self._stopping(start, last_records, self.exhausted)
-        # drain: learn the partial micro-batches, then a final checkpoint
+
+    def _drain(self) -> None:
+        """Learn the partial micro-batches, then a final checkpoint."""
         ray.get([s.set_workers.remote(len(self.workers)) for s in self.shards])
         drained = ray.get([w.step.remote(drain=True) for w in self.workers])
         for r in drained:
             self._fold(r)
-        if cfg.checkpoint.dir:
+        if self.cfg.checkpoint.dir:
             self._save()
 
     def _issue(self, inflight: dict[Any, int]) -> None:

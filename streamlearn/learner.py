@@ -10,15 +10,16 @@ both, in :meth:`Learner.learn`.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from streamlearn.divergence import clip_scale
 from streamlearn.events import Example
-from streamlearn.model import ModelConfig, SoftmaxModel, build_model, sum_rows
+from streamlearn.model import LinearSoftmax, ModelConfig, SoftmaxModel, build_model, sum_rows
 from streamlearn.objective import Objective
 
 OPTIMIZERS = ("sgd", "adagrad")
@@ -28,6 +29,9 @@ KL_EVERY = 8
 # a gradient norm above this is treated as not finite: a gradient entry near it squares to more than float32
 # holds (3.4e38), so Adagrad's sums would turn inf and, in a worker's update (after - before), NaN
 MAX_GRAD_NORM = 1e18
+# the compiled loop's products are plain loops: past this many multiply-adds per micro-batch's logits
+# (batch size x features x classes), numpy's BLAS products win (measured in streamlearn/linear_kernel.py)
+COMPILED_MAX_MACS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -68,22 +72,29 @@ def step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], grads
         optimizer.step()
 
 
+def plain(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer is plain SGD or Adagrad (what :func:`build_optimizer` sets), whose arithmetic
+    :func:`step` and :mod:`streamlearn.linear_kernel` reproduce."""
+    if len(optimizer.param_groups) != 1:
+        return False
+    group = optimizer.param_groups[0]
+    if isinstance(optimizer, torch.optim.SGD):
+        return not (group["momentum"] or group["weight_decay"] or group["maximize"])
+    return isinstance(optimizer, torch.optim.Adagrad) and not (group["weight_decay"] or group["lr_decay"]
+                                                               or group["maximize"])
+
+
 def _numpy_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                 scale: float) -> bool:
-    group = optimizer.param_groups[0]
-    if len(optimizer.param_groups) != 1 or any(g.dtype != torch.float32 for g in grads):
+    if not plain(optimizer) or any(g.dtype != torch.float32 for g in grads):
         return False
+    group = optimizer.param_groups[0]
     lr = float(group["lr"])
     if isinstance(optimizer, torch.optim.SGD):
-        if group["momentum"] or group["weight_decay"] or group["maximize"]:
-            return False
         for p, g in zip(params, grads, strict=True):
             rows, grad = _dense_rows(g)
             p.detach().numpy()[rows] -= np.float32(lr * scale) * grad
         return True
-    if not isinstance(optimizer, torch.optim.Adagrad) or group["weight_decay"] or group["lr_decay"] \
-            or group["maximize"]:
-        return False
     eps = np.float32(group["eps"])
     for p, g in zip(params, grads, strict=True):
         state = optimizer.state[p]
@@ -268,6 +279,10 @@ class Learner:
         self.params = list(self.model.parameters())  # fixed objects (updates are in place); listing them costs ~7 us
         self.optimizer = build_optimizer(optim, self.params)
         self.scored = 0  # micro-batches scored: every KL_EVERY-th (the first included) samples the KL
+        # a dense linear model on plain SGD / Adagrad learns a run of micro-batches in one compiled call, where
+        # that is faster than numpy's per-call overhead plus its BLAS products (see linear_kernel)
+        self.compiled = (isinstance(self.model, LinearSoftmax) and plain(self.optimizer) and
+                         optim.batch_size * model_cfg.n_features * model_cfg.n_classes <= COMPILED_MAX_MACS)
 
     def batch(self, examples: Sequence[Example]) -> Batch:
         return Batch(
@@ -292,7 +307,7 @@ class Learner:
         logits = self.model(*batch.inputs)  # (B, K)
         labels, positive = torch.from_numpy(batch.labels), torch.from_numpy(batch.positive)
         loss, per = self.objective.batch_loss(logits, labels, positive, torch.from_numpy(batch.weights))
-        stats = _stats(logits.detach().numpy(), batch, per.numpy(), self._kl_due())
+        stats = _stats(logits.detach().numpy(), batch, per.numpy(), range(len(batch)) if self._kl_due() else ())
         if not torch.isfinite(loss):
             stats.skipped = 1
             return None, stats
@@ -306,7 +321,7 @@ class Learner:
             logits = self.model.logits(*inputs)  # type: ignore[operator]  # (B, K)
             per, dlogits = self.objective.closed_form(logits, batch.labels, batch.positive)
             w = self.objective.weights(batch.positive, batch.weights) / max(1, len(batch))  # (B,)
-            stats = _stats(logits, batch, per, self._kl_due())
+            stats = _stats(logits, batch, per, range(len(batch)) if self._kl_due() else ())
             if not np.isfinite(per @ w):
                 stats.skipped = 1
                 return None, stats
@@ -332,10 +347,71 @@ class Learner:
             group["lr"] = lr
 
     def learn(self, examples: Sequence[Example]) -> BatchStats:
-        grads, stats = self.gradients(self.batch(examples))
-        if grads is not None:
-            self.apply(grads)
-        return stats
+        return self.learn_batches([examples])[1]
+
+    def learn_batches(self, batches: Sequence[Sequence[Example]], clip_norm: float | None = None,
+                      loss_sample: int | None = None,
+                      prepared: Sequence[Batch] | None = None) -> tuple[list[bool], BatchStats]:
+        """Score each micro-batch, then learn from it, in order (each sees the steps before it): whether each
+        was applied (its loss and gradient finite), and what they taught, summed (``grad_norm`` the last
+        one's). ``clip_norm`` bounds each gradient's norm; ``loss_sample``: keep only the first so many
+        per-example losses; ``prepared``: the batches already made by :meth:`batch`.
+
+        A dense linear model on plain SGD or Adagrad runs them in one compiled call
+        (:mod:`streamlearn.linear_kernel`); other models take :meth:`gradients` and :meth:`apply` per batch."""
+        if self.compiled:
+            return self._compiled_batches(batches, clip_norm, loss_sample)
+        total, applied = BatchStats(), []
+        for b in prepared if prepared is not None else [self.batch(b) for b in batches]:
+            grads, stats = self.gradients(b)
+            if loss_sample is not None:
+                stats.losses = stats.losses[: max(0, loss_sample - len(total.losses))]
+            total.add(stats)
+            if grads is not None:
+                self.apply(grads, clip_scale(stats.grad_norm, clip_norm))
+            applied.append(grads is not None)
+        return applied, total
+
+    def warm_up(self) -> None:
+        """Compile (or load from cache) the compiled path now rather than in the first step."""
+        if self.compiled:
+            self.learn_batches([])
+
+    def _compiled_batches(self, batches: Sequence[Sequence[Example]], clip_norm: float | None,
+                          loss_sample: int | None) -> tuple[list[bool], BatchStats]:
+        from streamlearn.linear_kernel import linear_steps  # numba: imported by learning only (~0.6 s)
+
+        examples = [e for b in batches for e in b]
+        batch = self.batch(examples)  # (N, D) inputs, all micro-batches together
+        starts = np.zeros(len(batches) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in batches], out=starts[1:])
+        layer: torch.nn.Linear = self.model.linear  # type: ignore[assignment]
+        adagrad = isinstance(self.optimizer, torch.optim.Adagrad)
+        # SGD keeps no summed squares: empty arrays of the same rank stand in
+        state = [self.optimizer.state[p]["sum"].numpy() if adagrad else np.zeros((0,) * p.dim(), np.float32)
+                 for p in self.params]
+        group = self.optimizer.param_groups[0]
+        k = layer.weight.shape[0]
+        logits = np.empty((len(examples), k), dtype=np.float32)  # (N, K) before each batch's step
+        per = np.empty(len(examples), dtype=np.float64)  # (N,) unweighted loss
+        norms = np.empty(len(batches), dtype=np.float64)
+        applied = np.empty(len(batches), dtype=np.bool_)
+        linear_steps(batch.inputs[0].numpy(), batch.labels, batch.positive, batch.weights, starts,
+                     layer.weight.detach().numpy(), layer.bias.detach().numpy(), state[0], state[1],
+                     float(group["lr"]), float(group.get("eps", 0.0)), adagrad,
+                     np.inf if clip_norm is None else float(clip_norm), MAX_GRAD_NORM,
+                     self.objective.name == "negated", self.objective.neg_weight, logits, per, norms, applied)
+        n_applied = int(np.count_nonzero(applied))
+        if adagrad and n_applied:
+            for p in self.params:
+                self.optimizer.state[p]["step"] += n_applied
+        due = [j for j in range(len(batches)) if (self.scored + j) % KL_EVERY == 0]
+        self.scored += len(batches)
+        stats = _stats(logits, batch, per, [i for j in due for i in range(starts[j], starts[j + 1])],
+                       sample=loss_sample)
+        stats.skipped = len(batches) - n_applied
+        stats.grad_norm = float(norms[-1]) if len(batches) else 0.0
+        return applied.tolist(), stats
 
     @torch.no_grad()
     def predict_proba(self, features: Sequence[object]) -> np.ndarray:
@@ -357,9 +433,11 @@ def _sq(g: torch.Tensor) -> float:
     return float(np.dot(a, a))
 
 
-def _stats(logits: np.ndarray, batch: Batch, per: np.ndarray, kl: bool = True) -> BatchStats:
+def _stats(logits: np.ndarray, batch: Batch, per: np.ndarray, kl: Iterable[int],
+           sample: int | None = None) -> BatchStats:
     """What the batch looked like to the model before learning: (B, K) logits, (B,) per-example loss;
-    with ``kl``, also KL(serving || current) over the examples that carry the serving probabilities."""
+    KL(serving || current) over the examples ``kl`` that carry the serving probabilities; the first
+    ``sample`` per-example losses (all by default)."""
     pos = batch.positive
     hit = logits.argmax(axis=1) == batch.labels  # (B,)
     n_pos = int(np.count_nonzero(pos))
@@ -372,14 +450,14 @@ def _stats(logits: np.ndarray, batch: Batch, per: np.ndarray, kl: bool = True) -
         negative_avoided=len(pos) - n_pos - (int(np.count_nonzero(hit)) - n_pos_hit),
         loss_positive=loss_pos,
         loss_negative=float(per.sum(dtype=np.float64)) - loss_pos,
-        losses=list(zip(pos.tolist(), per.tolist(), strict=True)),
+        losses=list(zip(pos[:sample].tolist(), per[:sample].tolist(), strict=True)),
     )
-    rows = [i for i, p in enumerate(batch.probs) if p is not None] if kl else []
+    rows = [i for i in kl if batch.probs[i] is not None]
     if rows:
         serving = np.stack([batch.probs[i] for i in rows])  # type: ignore[misc]  # (R, K)
         f = logits[rows]
         top = f.max(axis=1, keepdims=True)
         log_model = f - (top + np.log(np.exp(f - top).sum(axis=1, keepdims=True)))  # (R, K) log-softmax
-        kl = (serving * (np.log(np.maximum(serving, 1e-12)) - log_model)).sum()
-        s.kl_sum, s.kl_count = float(kl), len(rows)
+        divergence = (serving * (np.log(np.maximum(serving, 1e-12)) - log_model)).sum()
+        s.kl_sum, s.kl_count = float(divergence), len(rows)
     return s

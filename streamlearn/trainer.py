@@ -1,8 +1,8 @@
 """The single-process training loop: micro-batch examples, learn, guard, count.
 
-Workers and parameter servers split this loop across actors (gradients on
-the worker, :meth:`Learner.apply` and the :class:`Guard` on the server); this
-module is the reference they are tested against (the parity test).
+Workers and parameter servers split this loop across actors (the steps on
+the workers' replicas, the divergence guard at the driver and the servers);
+this module is the reference they are tested against (the parity test).
 """
 
 from __future__ import annotations
@@ -68,10 +68,7 @@ class Trainer:
             self.buffer = []
 
     def _learn(self, batch: list[Example]) -> None:
-        grads, stats = self.learner.gradients(self.learner.batch(batch))
-        if grads is not None:
-            self.learner.apply(self.guard.clip(grads, stats.grad_norm))
-        fired = self.guard.after_step(stats.mean_loss, grads is not None, len(batch),
-                                      (stats.loss_positive, stats.positive))
+        (applied,), stats = self.learner.learn_batches([batch], self.guard.clip_norm)
+        fired = self.guard.after_step(stats.mean_loss, applied, len(batch), (stats.loss_positive, stats.positive))
         self.progress.divergence.update(fired)
-        self.progress.record(batch, stats, grads is not None)
+        self.progress.record(batch, stats, applied)

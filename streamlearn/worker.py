@@ -51,7 +51,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from streamlearn.cadence import PushCadence
-from streamlearn.divergence import clip_scale
 from streamlearn.events import Example
 from streamlearn.ingest import DeadLetter, Ingest
 from streamlearn.learner import BatchStats, Learner
@@ -203,6 +202,7 @@ class Worker:
         self.replica = Replica(learner, self.row_updates)  # merges replies and pulls into the learner's model
         self.clip_norm: float | None = None  # the servers' gradient clip, from their last reply
         self.cadence = PushCadence(ps_cfg.grads_per_push, ps_cfg.most_grads_per_push, ps_cfg.push_budget)
+        learner.warm_up()  # before the first step: its time must not hold up the stream or skew the cadence
 
     # -- the loop ------------------------------------------------------------
 
@@ -290,24 +290,18 @@ class Worker:
         start = time.perf_counter()
         if self._inflight is not None and self._inflight.pending.done():
             self._settle(self._inflight, out)  # free now: the group then starts from one push fresher weights
-        prepared = [self.learner.batch(b) for b in batches]
-        rows = None
+        prepared, rows = None, None
         if self.row_updates:
+            prepared = [self.learner.batch(b) for b in batches]
             rows = np.unique(np.concatenate([p.inputs[0].numpy() for p in prepared]))  # (R,) the rows they touch
             self._pull_stale(rows, out)
         elif self._pull_due():
             self._pull(out)
         before = self.replica.state(rows)
-        kept = []
-        for b, p in zip(batches, prepared, strict=True):
-            g, stats = self.learner.gradients(p)
-            stats.losses = stats.losses[: max(0, LOSS_SAMPLE - len(out.stats.losses))]
-            out.stats.add(stats)
-            if g is None:
-                continue
-            # no copy needed: the next gradients() allocates new tensors (closed form, or grads set to None)
-            self.learner.apply(g, clip_scale(stats.grad_norm, self.clip_norm))
-            kept.append(b)
+        applied, stats = self.learner.learn_batches(batches, self.clip_norm,
+                                                    max(0, LOSS_SAMPLE - len(out.stats.losses)), prepared)
+        out.stats.add(stats)
+        kept = [b for b, ok in zip(batches, applied, strict=True) if ok]
         out.batch_seconds.append(time.perf_counter() - start)
         if kept:
             after = self.replica.state(rows)  # the update, and the base of the reply's merge
