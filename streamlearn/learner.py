@@ -2,9 +2,11 @@
 
 :meth:`Learner.gradients` scores a batch with the current weights *before*
 learning from it (progressive validation, as River does), then returns the
-gradient. :meth:`Learner.apply` takes an optimizer step. A worker computes
-gradients and a parameter server applies them; the single-process loop does
-both, in :meth:`Learner.learn`.
+gradient; :meth:`Learner.apply` takes an optimizer step.
+:meth:`Learner.learn_batches` does both for micro-batches in order, each
+seeing the steps before it: what a worker does to its replica for a group and
+the single-process loop for each micro-batch (a dense linear model in one
+compiled call, :mod:`streamlearn.linear_kernel`).
 """
 
 from __future__ import annotations
@@ -307,7 +309,7 @@ class Learner:
         logits = self.model(*batch.inputs)  # (B, K)
         labels, positive = torch.from_numpy(batch.labels), torch.from_numpy(batch.positive)
         loss, per = self.objective.batch_loss(logits, labels, positive, torch.from_numpy(batch.weights))
-        stats = _stats(logits.detach().numpy(), batch, per.numpy(), range(len(batch)) if self._kl_due() else ())
+        stats = _stats(logits.detach().numpy(), batch, per.numpy(), self._kl_rows(len(batch)))
         if not torch.isfinite(loss):
             stats.skipped = 1
             return None, stats
@@ -321,17 +323,19 @@ class Learner:
             logits = self.model.logits(*inputs)  # type: ignore[operator]  # (B, K)
             per, dlogits = self.objective.closed_form(logits, batch.labels, batch.positive)
             w = self.objective.weights(batch.positive, batch.weights) / max(1, len(batch))  # (B,)
-            stats = _stats(logits, batch, per, range(len(batch)) if self._kl_due() else ())
+            stats = _stats(logits, batch, per, self._kl_rows(len(batch)))
             if not np.isfinite(per @ w):
                 stats.skipped = 1
                 return None, stats
             grads = self.model.param_grads(inputs, dlogits * w[:, None])  # type: ignore[operator]
         return _checked(grads, stats)
 
-    def _kl_due(self) -> bool:
+    def _kl_rows(self, n: int) -> range:
+        """A micro-batch of ``n`` examples is scored: the rows that sample the KL (all of them, every
+        KL_EVERY-th micro-batch; else none)."""
         due = self.scored % KL_EVERY == 0
         self.scored += 1
-        return due
+        return range(n if due else 0)
 
     def apply(self, grads: Sequence[torch.Tensor], scale: float = 1.0) -> None:
         step(self.optimizer, self.params, grads, scale)
@@ -405,10 +409,8 @@ class Learner:
         if adagrad and n_applied:
             for p in self.params:
                 self.optimizer.state[p]["step"] += n_applied
-        due = [j for j in range(len(batches)) if (self.scored + j) % KL_EVERY == 0]
-        self.scored += len(batches)
-        stats = _stats(logits, batch, per, [i for j in due for i in range(starts[j], starts[j + 1])],
-                       sample=loss_sample)
+        kl = [int(starts[j]) + r for j, b in enumerate(batches) for r in self._kl_rows(len(b))]  # group rows
+        stats = _stats(logits, batch, per, kl, sample=loss_sample)
         stats.skipped = len(batches) - n_applied
         stats.grad_norm = float(norms[-1]) if len(batches) else 0.0
         return applied.tolist(), stats
