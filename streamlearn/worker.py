@@ -219,10 +219,12 @@ class Worker:
             self.dead_letters.retry()
         size = self.learner.optim_cfg.batch_size
         most = None if drain or self.cfg.mode != "sync" else self.cadence.most  # sync: one round per step
-        batches: list[list[Example]] = []
-        while (len(self.buffer) >= size or (drain and self.buffer)) and (most is None or len(batches) < most):
-            batches.append(self.buffer[:size])
-            self.buffer = self.buffer[size:]
+        count = -(-len(self.buffer) // size) if drain else len(self.buffer) // size  # drain: the partial one too
+        if most is not None:
+            count = min(count, most)
+        # one slice each and one cut of the buffer: a binary poll brings ~100,000 examples
+        batches = [self.buffer[i : i + size] for i in range(0, count * size, size)]
+        del self.buffer[: count * size]
         for group in self._groups(batches):
             self._train(group, out)
         if not batches and self.cfg.mode == "sync":
