@@ -64,6 +64,7 @@ class Row:
     push_budget: float | None = None  # None: the default (0.04); 0: a fixed grads_per_push
     max_records: int | None = None  # None: the default records per step's poll
     most: int | None = None  # None: the default max_grads_per_push
+    staleness: int | None = None  # None: the default max_staleness (bounded mode; its push cap is a quarter)
 
     @property
     def name(self) -> str:
@@ -71,6 +72,7 @@ class Row:
                          f" b{self.batch_size}" if self.batch_size else "",
                          f" poll{self.max_records}" if self.max_records else "",
                          f" most{self.most}" if self.most else "",
+                         f" stale{self.staleness}" if self.staleness else "",
                          "" if self.push_budget is None else f" budget{self.push_budget:g}"])
         return f"{self.workers}w {self.mode} x{self.shards}{extra}"
 
@@ -88,8 +90,10 @@ POLL = [Row(w, m, s, group="poll", max_records=n) for w, m, s in ((2, "async", 1
         for n in (2000, 8000)]
 # the cap on micro-batches per push, where the cadence reaches it: sync rounds, 2 shards
 MOST = [Row(w, m, s, group="most", most=n) for w, m, s in ((2, "sync", 1), (2, "async", 2), (2, "async", 1))
-        for n in (256, 512)]
-GROUPS = {"base": BASE, "tuning": TUNING, "cadence": CADENCE, "sync": SYNC, "poll": POLL, "most": MOST,
+        for n in (256, 512, 1024)]
+# bounded mode's staleness bound, which also caps its pushes at a quarter of it
+BOUND = [Row(2, "bounded", group="bound", staleness=n, most=max(512, n // 4)) for n in (512, 1024, 2048)]
+GROUPS = {"base": BASE, "tuning": TUNING, "cadence": CADENCE, "sync": SYNC, "poll": POLL, "most": MOST, "bound": BOUND,
           "all": BASE + TUNING,
           "min": [Row(1), Row(2), Row(2, "sync"), Row(2, "bounded"), Row(1, shards=2), Row(2, shards=2)]}
 
@@ -111,6 +115,8 @@ def measure(row: Row, topics: harness.Topics, data: DataConfig) -> dict[str, Any
         over["ps"]["push_budget"] = row.push_budget
     if row.most:
         over["ps"]["max_grads_per_push"] = row.most
+    if row.staleness:
+        over["ps"]["max_staleness"] = row.staleness
     if row.batch_size:
         over["optim"] = {"batch_size": row.batch_size}
     if row.max_records:
@@ -212,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="base: 1/2 workers x sync/async/bounded x 1/2 shards; tuning: grads-per-push and "
                         "batch size; cadence: the push budget vs a fixed grads-per-push; sync: sync mode at "
                         "micro-batch 4, 32, 128; poll: records per step; most: the cap on micro-batches per push; "
+                        "bound: bounded mode's staleness bound; "
                         "min: the six rows the issue asks for; all: base + tuning")
     p.add_argument("--repeat", type=int, default=1, help="runs per row; the median-rate run is reported")
     p.add_argument("--grads-per-push", type=int, help="for every row that does not set its own")
