@@ -33,7 +33,7 @@ KL_EVERY = 8
 MAX_GRAD_NORM = 1e18
 # the compiled loop's products are plain loops: past this many multiply-adds per micro-batch's logits
 # (batch size x features x classes), numpy's BLAS products win (measured in streamlearn/linear_kernel.py)
-COMPILED_MAX_MACS = 1_000_000
+COMPILED_MAX_MACS = 300_000
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ features (2 cores)::
     B = 4           18.5   4.5     2.6     2.4     1.6
     B = 32          5.0    1.6     1.4     1.1     0.64
 
-so :class:`~streamlearn.learner.Learner` uses it up to 1,000,000
-multiply-adds per micro-batch (B x D x K); ``benchmarks/learn_speed.py``
-measures the simulated datasets.
+so :class:`~streamlearn.learner.Learner` uses it up to 300,000
+multiply-adds per micro-batch (B x D x K): on the simulated wide dataset
+(1000 x 100) at B = 4, 400,000, ``benchmarks/learn_speed.py`` measured
+0.83-0.98.
 
 Per micro-batch of n examples, with logits f = W x + b (the weights before
 this micro-batch's step) and p = softmax(f)::
