@@ -69,6 +69,7 @@ from streamlearn.kafka_source import KafkaSettings, KafkaSource, SourceConfig, c
 from streamlearn.learner import Learner, OptimConfig
 from streamlearn.model import ModelConfig
 from streamlearn.objective import Objective
+from streamlearn.paramserver import PSConfig
 from streamlearn.simulate import DataConfig, SimConfig, Simulator
 from streamlearn.source import Record
 from streamlearn.worker import tune_gc
@@ -227,7 +228,7 @@ def row_ingest_in_memory(b: Bench) -> Measured:
     return Measured(b.events, len(records), time.perf_counter() - start)
 
 
-GROUP = 64  # micro-batches a worker learns in one call (the default grads_per_push)
+GROUP = PSConfig().grads_per_push  # micro-batches a worker learns in one call, at least (64)
 
 
 def row_learn_in_process(b: Bench) -> Measured:
