@@ -27,10 +27,11 @@ this micro-batch's step) and p = softmax(f)::
     negated (baseline):   the positive's loss and gradient, times -1 for a negative
 
     w_i   = (1 if positive else negative_weight) x feedback weight / n
-    g_W   = sum_i w_i dloss_i/df (x) x_i,    g_b = sum_i w_i dloss_i/df      (float64 sums, stored as float32)
+    g_W   = sum_i w_i dloss_i/df (x) x_i,    g_b = sum_i w_i dloss_i/df
 
-as :meth:`streamlearn.objective.Objective.closed_form` computes them (the
-softmax sums in float64 here, in log space both). A micro-batch whose
+as :meth:`streamlearn.objective.Objective.closed_form` computes them, in log
+space both (the logits and g_W summed in float32, as numpy's products are;
+the softmax sums and g_b in float64). A micro-batch whose
 weighted loss is not finite, or whose gradient norm is not <= ``max_norm``,
 is not applied. Otherwise the gradient is scaled by ``clip / norm`` when its
 norm is above ``clip``, and the step is the float32 arithmetic of
