@@ -142,7 +142,7 @@ class Job:
         self.exhausted: set[int] = set()  # embedded workers at the end of their stream
         self._limits: dict[Any, int] = {}  # with max_events: the most records each queued step may poll
         self._parked: set[int] = set()  # workers with no step queued: max_events is all promised
-        self._dry: set[int] = set()  # workers whose last step polled nothing though it could have
+        self._dry: set[int] = set()  # workers whose last poll came back empty (none since brought records)
         # records consumed again after a recovery (the sources seek back to the checkpoint): max_events counts
         # a record once, so it counts records less these; and the count of once-counted records at the last save
         self.replayed = 0
@@ -279,9 +279,7 @@ class Job:
                 self._fold(r)
                 if r.records:
                     last_records = time.monotonic()
-                    self._dry.discard(w)
-                elif self._limits.get(ref, 1) > 0:
-                    self._dry.add(w)
+                self._mark_dry(w, r)
                 if not self._stopping(start, last_records, self.exhausted):
                     for parked in sorted(self._parked - {w}):  # a step came back, maybe short: promise again
                         self._send(inflight, parked)
@@ -329,19 +327,31 @@ class Job:
     def _depth(self) -> int:
         return 1 if self.cfg.ps.mode == "sync" else 2
 
+    def _mark_dry(self, w: int, r: StepResult) -> None:
+        """A worker is dry once a poll of its partitions came back empty, until one brings records. A step that
+        did not poll (its limit was 0, or in sync mode its buffer held a round) says nothing either way."""
+        if r.records:
+            self._dry.discard(w)
+        elif r.polled_empty:
+            self._dry.add(w)
+
     def _send(self, inflight: dict[Any, int], w: int) -> None:
         """Queue a step on worker ``w``. With ``max_events``, steps in flight never poll more than what is
         left: a step polls at most the rest not promised to steps already queued; when nothing is left to
         promise the worker waits (parked) for those steps to come back, possibly short. In sync mode it steps
         with a limit of 0 instead, which still answers its round. A dry worker (its last step polled nothing)
         is promised nothing while another is not dry: else, steps coming back together (sync rounds), it
-        could claim the rest again and again and starve the worker whose partitions hold it."""
+        could claim the rest again and again and starve the worker whose partitions hold it. When every worker
+        is dry, all are promised again, afresh: the first to come back would claim it all, and if its poll comes
+        back empty again it is the only one dry, so the next promise goes to another."""
         limit = None
         if self.cfg.stop.max_events is not None:
             self._limits = {ref: n for ref, n in self._limits.items() if ref in inflight}
             left = self.cfg.stop.max_events - self.fresh_records - sum(self._limits.values())
             limit = max(0, min(step_records(self.cfg.max_records, self.cfg.ps.mode), left))
-            if w in self._dry and len(self._dry) < len(self.workers):
+            if len(self._dry) >= len(self.workers):
+                self._dry.clear()
+            if w in self._dry:
                 limit = 0
             if limit == 0 and self.cfg.ps.mode != "sync":
                 self._parked.add(w)

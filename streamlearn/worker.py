@@ -136,6 +136,7 @@ class StepResult:
 
     worker: int
     records: int = 0
+    polled_empty: bool = False  # a poll came back with nothing (a step with a round's worth buffered polls not)
     stats: BatchStats = field(default_factory=BatchStats)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, outcome) deltas
     join: Counter[str] = field(default_factory=Counter)  # join outcome deltas
@@ -253,6 +254,7 @@ class Worker:
             take = min(budget, self.max_records)
             records = self.source.next_batch(take)
             out.records += len(records)
+            out.polled_empty |= not records
             budget -= len(records)
             res = self.ingest.process(records)
             if res.dead and self.dead_letters is not None:

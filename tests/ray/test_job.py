@@ -181,3 +181,31 @@ def test_a_round_closes_when_the_worker_it_waits_for_leaves(ray_cluster) -> None
     ray.get(server.set_workers.remote(1), timeout=60)
     ray.get(ref, timeout=60)  # without the close it would wait out the 600 s timeout
     ray.kill(server)
+
+
+def test_a_sync_step_says_whether_a_poll_came_back_empty(ray_cluster) -> None:
+    """The driver marks a worker dry only when a poll found its partitions empty: a sync step whose buffer
+    already holds a round does not poll, and says so, though it too brings no records."""
+    import ray
+
+    from streamlearn.actors import ParamServerActor, RayParamClient
+    from streamlearn.config import JobConfig
+    from streamlearn.job import build_worker
+    from streamlearn.paramserver import PSConfig
+    from streamlearn.simulate import SimConfig
+
+    cfg = JobConfig(workers=1, partitions=1, max_records=400, sim=SimConfig(events=2000),
+                    ps=PSConfig(mode="sync", grads_per_push=4, max_grads_per_push=4))
+    server = ParamServerActor.remote(0, cfg.ps, cfg.model, cfg.optim, 1)
+    worker = build_worker(cfg, 0, [0], RayParamClient.of([server], cfg.model))
+    round_examples = 4 * cfg.optim.batch_size
+    steps = []  # (a round was buffered before the step, its result)
+    for _ in range(300):  # 2,000 events, a round of 16 examples a step: the partition runs dry well before
+        full = len(worker.buffer) >= round_examples
+        steps.append((full, worker.step()))
+    assert sum(full for full, _ in steps) > 10
+    assert all(r.records == 0 and not r.polled_empty and r.pushes == 1 for full, r in steps if full)
+    empty = [r for full, r in steps if r.polled_empty]
+    assert empty and all(r.records == 0 and not full for full, r in steps if r.polled_empty)
+    assert all(r.polled_empty for full, r in steps[-20:])  # at the end every step polls, and finds nothing
+    ray.kill(server)

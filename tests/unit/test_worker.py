@@ -644,3 +644,4 @@ def test_a_sync_step_is_one_round_of_about_a_group() -> None:
         assert r.pushes == 1 and sum(r.applied.values()) == per_push  # never more than most micro-batches
         assert len(capped.buffer) < 1000  # what a step leaves does not pile up
     assert sum(r.records == 0 for r in steps) >= 3  # steps that train on what earlier ones left
+
