@@ -93,22 +93,39 @@ MOST = [Row(w, m, s, group="most", most=n) for w, m, s in ((2, "sync", 1), (2, "
         for n in (256, 512, 1024)]
 # bounded mode's staleness bound, which also caps its pushes at a quarter of it
 BOUND = [Row(2, "bounded", group="bound", staleness=n, most=max(512, n // 4)) for n in (512, 1024, 2048)]
+# max_staleness on the hashed model (--data sparse), where it is also how old a row a worker reads may be
+STALE = [Row(2, m, group="stale", staleness=n) for m in ("async", "bounded") for n in (512, 2048)]
 GROUPS = {"base": BASE, "tuning": TUNING, "cadence": CADENCE, "sync": SYNC, "poll": POLL, "most": MOST, "bound": BOUND,
+          "stale": STALE,
           "all": BASE + TUNING,
           "min": [Row(1), Row(2), Row(2, "sync"), Row(2, "bounded"), Row(1, shards=2), Row(2, shards=2)]}
 
 
-def measure_repeated(row: Row, topics: harness.Topics, data: DataConfig, repeat: int) -> dict[str, Any]:
+# --data: the stream, and the model's config keys for it
+DATA: dict[str, tuple[DataConfig, dict[str, Any]]] = {
+    "digits": (DataConfig(), {}),
+    "sparse": (DataConfig("synthetic", 1000, 10, sparse_active=20), {"kind": "hashed", "buckets": 1 << 18}),
+    # a harder one, where the model is not at its ceiling: noisier classes whose centres move
+    "sparse-drift": (DataConfig("synthetic", 1000, 10, noise=3.0, drift=0.5, sparse_active=20),
+                     {"kind": "hashed", "buckets": 1 << 18}),
+}
+
+
+def measure_repeated(row: Row, topics: harness.Topics, data: str, repeat: int) -> dict[str, Any]:
     """``repeat`` runs of a row; the run with the median events/s is reported, with every run's rate."""
     runs = sorted((measure(row, topics, data) for _ in range(repeat)), key=lambda r: r["events_per_second"])
     line = runs[len(runs) // 2]
     line["all_events_per_second"] = [r["events_per_second"] for r in runs]
     line["all_heldout_accuracy"] = [r["heldout_accuracy"] for r in runs]
+    line["all_progressive_accuracy"] = [r["progressive_accuracy"] for r in runs]
     return line
 
 
-def measure(row: Row, topics: harness.Topics, data: DataConfig) -> dict[str, Any]:
+def measure(row: Row, topics: harness.Topics, data_name: str) -> dict[str, Any]:
+    data, model = DATA[data_name]
     over: dict[str, Any] = {"ps": {"mode": row.mode, "shards": row.shards}}
+    if model:
+        over["model"] = model
     if row.grads_per_push:
         over["ps"]["grads_per_push"] = row.grads_per_push
     if row.push_budget is not None:
@@ -121,11 +138,12 @@ def measure(row: Row, topics: harness.Topics, data: DataConfig) -> dict[str, Any
         over["optim"] = {"batch_size": row.batch_size}
     if row.max_records:
         over["max_records"] = row.max_records
-    cfg = harness.job_config(topics, workers=row.workers, **over)
+    cfg = harness.job_config(topics, workers=row.workers, classes=data.n_classes, n_features=data.n_features,
+                             **over)
     run = harness.run_job(cfg, topics)
     s = run.summary
     return {
-        "bench": "ray_throughput", "row": row.name, "group": row.group, "workers": row.workers,
+        "bench": "ray_throughput", "row": row.name, "group": row.group, "data": data_name, "workers": row.workers,
         "ps_mode": row.mode, "ps_shards": row.shards, "grads_per_push": cfg.ps.grads_per_push,
         "batch_size": cfg.optim.batch_size, "max_records": cfg.max_records,
         "events_per_second": round(run.events_per_second),
@@ -153,7 +171,7 @@ def render(lines: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str,
             "micro-batches per push | "
             "peak RSS driver+actors (MB) | + Ray processes (MB) | held-out acc | updates | stale dropped | "
             "CPU cores: workers, servers, driver |")
-    out = [f"Ray throughput, {meta['date']}, {meta['machine']}; {meta['events']} events (JSON, digits, "
+    out = [f"Ray throughput, {meta['date']}, {meta['machine']}; {meta['events']} events (JSON, {meta['data']}, "
            f"random policy), {meta['partitions']} partitions; `{meta['command']}`", "", head,
            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in lines:
@@ -170,7 +188,7 @@ def render(lines: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str,
 
 
 def run(bootstrap: str, args: argparse.Namespace, rows: list[Row]) -> None:
-    data = DataConfig()
+    data = DATA[args.data][0]
     topics = harness.make_topics(bootstrap, "json", args.partitions, tag="ray-bench")
     lines: list[dict[str, Any]] = []
     try:
@@ -179,7 +197,7 @@ def run(bootstrap: str, args: argparse.Namespace, rows: list[Row]) -> None:
                           "seconds": round(topics.produce_seconds, 2)}), flush=True)
         harness.start_ray(args.num_cpus)
         for row in rows:
-            line = measure_repeated(row, topics, data, args.repeat)
+            line = measure_repeated(row, topics, args.data, args.repeat)
             lines.append(line)
             print(json.dumps(line), flush=True)
     finally:
@@ -198,10 +216,12 @@ def run(bootstrap: str, args: argparse.Namespace, rows: list[Row]) -> None:
     if own:
         summary["call_overhead_fraction_max"] = max(own)
     print(json.dumps(summary), flush=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores", "events": topics.events,
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores", "data": args.data,
+            "events": topics.events,
             "partitions": args.partitions, "command": "python benchmarks/ray_throughput.py " + " ".join(sys.argv[1:])}
     harness.RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "ray_throughput" + ("" if args.rows == "all" else f"-{args.rows}") + \
+        ("" if args.data == "digits" else f"-{args.data}") + \
         ("" if args.repeat == 1 else f"-r{args.repeat}")
     (harness.RESULTS / f"{stem}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in [*lines, summary]))
     (harness.RESULTS / f"{stem}.md").write_text(render(lines, summary, meta))
@@ -218,8 +238,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="base: 1/2 workers x sync/async/bounded x 1/2 shards; tuning: grads-per-push and "
                         "batch size; cadence: the push budget vs a fixed grads-per-push; sync: sync mode at "
                         "micro-batch 4, 32, 128; poll: records per step; most: the cap on micro-batches per push; "
-                        "bound: bounded mode's staleness bound; "
+                        "bound: bounded mode's staleness bound; stale: max_staleness 512 / 2048, async and "
+                        "bounded (with --data sparse: also the hashed model's row-refresh bound); "
                         "min: the six rows the issue asks for; all: base + tuning")
+    p.add_argument("--data", choices=sorted(DATA), default="digits",
+                   help="digits (dense linear model) or sparse (synthetic, 1000 features, 20 named per event: "
+                        "the hashed model with 2^18 buckets); sparse-drift: the same, noisier, its class "
+                        "centres moving")
     p.add_argument("--repeat", type=int, default=1, help="runs per row; the median-rate run is reported")
     p.add_argument("--grads-per-push", type=int, help="for every row that does not set its own")
     args = p.parse_args(argv)
