@@ -348,7 +348,7 @@ class Job:
         if self.cfg.stop.max_events is not None:
             self._limits = {ref: n for ref, n in self._limits.items() if ref in inflight}
             left = self.cfg.stop.max_events - self.fresh_records - sum(self._limits.values())
-            limit = max(0, min(step_records(self.cfg.max_records, self.cfg.ps.mode), left))
+            limit = max(0, min(step_records(self.cfg.max_records), left))
             if len(self._dry) >= len(self.workers):
                 self._dry.clear()
             if w in self._dry:

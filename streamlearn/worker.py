@@ -4,14 +4,14 @@ Plain Python: the Ray actor in :mod:`streamlearn.actors` wraps it, and the
 parameter servers are reached through a :class:`ParamClient`, so the worker
 is testable without Ray or Kafka.
 
-One :meth:`Worker.step` polls one batch of records and trains on every full
-micro-batch it yields, in groups: one call to the servers per group (never one
-call per event), of at least ``grads_per_push`` micro-batches, more while
-pushes take more than ``push_budget`` of the worker's time
-(:mod:`streamlearn.cadence`). In sync mode, where every push waits for a
-round, a step is one round: it polls until it holds a group's worth (at most
-SYNC_POLLS x max_records records) and pushes it at once, so that every worker pushes once per
-step and rounds cost what the cadence allows. The worker steps its replica's own optimizer on
+One :meth:`Worker.step` polls until it holds a push's worth of examples (at
+most STEP_POLLS x max_records records) and trains on every full micro-batch,
+in groups: one call to the servers per group (never one call per event), of
+at least ``grads_per_push`` micro-batches, more while pushes take more than
+``push_budget`` of the worker's time (:mod:`streamlearn.cadence`). In sync
+mode, where every push waits for a round, a step is one round: it pushes its
+group at once, so that every worker pushes once per step and rounds cost what
+the cadence allows. The worker steps its replica's own optimizer on
 each micro-batch and sends what the group's steps changed, weights and
 Adagrad accumulators: a dense model's whole flat state (one update of two
 rows however many micro-batches), a sparse model's rows that the group
@@ -173,12 +173,12 @@ class _Push:
     started: float
 
 
-SYNC_POLLS = 8  # sync mode: a step may poll this many times max_records records to gather a push's worth
+STEP_POLLS = 8  # a step may poll this many times max_records records to gather a push's worth
 
 
-def step_records(max_records: int, mode: str) -> int:
-    """The most records one step polls: ``max_records``, times SYNC_POLLS in sync mode."""
-    return max_records * (SYNC_POLLS if mode == "sync" else 1)
+def step_records(max_records: int) -> int:
+    """The most records one step polls."""
+    return max_records * STEP_POLLS
 
 
 class Worker:
@@ -213,7 +213,7 @@ class Worker:
         started = time.perf_counter()
         out = StepResult(self.id)
         before_counts, before_join = Counter(self.ingest.counts), self.ingest.join_counts()
-        n = step_records(self.max_records, self.cfg.mode)
+        n = step_records(self.max_records)
         if not drain:
             self._poll(n if limit is None else min(limit, n), out)
         if self.dead_letters is not None:
@@ -245,12 +245,12 @@ class Worker:
         return out
 
     def _poll(self, budget: int, out: StepResult) -> None:
-        """Poll and ingest up to ``budget`` records, ``max_records`` at most a time: once, except in sync mode, where
-        a step is a round, so it polls while polls bring records and the buffer holds less than a push's worth
-        (the cadence's group; what a step leaves, beyond ``most`` micro-batches, waits for the next)."""
-        sync = self.cfg.mode == "sync"
+        """Poll and ingest up to ``budget`` records, ``max_records`` at most a time, while polls bring records and
+        the buffer holds less than a push's worth (the cadence's group): so that a push carries the group the
+        cadence asks for even when that is more than one poll yields (sync mode: a step is a round; what it
+        leaves, beyond ``most`` micro-batches, waits for the next)."""
         want = self.cadence.group * self.learner.optim_cfg.batch_size
-        while budget > 0 and not (sync and len(self.buffer) >= want):  # a sync step carries at most ``most``
+        while budget > 0 and len(self.buffer) < want:
             take = min(budget, self.max_records)
             records = self.source.next_batch(take)
             out.records += len(records)
@@ -261,7 +261,7 @@ class Worker:
                 self.dead_letters.write_many(res.dead)
             out.dead.update(d.reason for d in res.dead)
             self.buffer.extend(res.examples)
-            if not sync or not records:  # an empty poll: caught up (a short one may be a read-ahead's tail)
+            if not records:  # an empty poll: caught up (a short one may be a read-ahead's tail)
                 return
 
     def _groups(self, batches: list[list[Example]]) -> list[list[list[Example]]]:

@@ -554,7 +554,7 @@ def test_dead_letters_the_broker_has_not_acknowledged_travel_in_the_snapshot() -
     sink = _Sink()
     w = Worker(0, Learner(model, Objective(), OptimConfig()), Ingest(schema), _Records(records), client, ps,
                dead_letters=sink, max_records=5)
-    r = w.step()
+    r = w.step(limit=5)  # offsets 0..4: two bad records
     assert r.dead == {"not_json": 2} and sink.retries == 1 and len(sink.waiting) == 2
     snapshot = w.snapshot()
     assert [d.record.offset for d in snapshot["dead_letters"]] == [0, 3]
@@ -609,11 +609,11 @@ def test_the_time_servers_hold_a_push_is_told_apart_from_the_calls_own_cost() ->
     assert r.push_wait_seconds + a_flush.push_wait_seconds >= 0.05 * pushes > held
 
 
-def test_a_sync_step_is_one_round_of_about_a_group() -> None:
-    """Sync mode: every push waits for a round, so a step polls on (max_records at a time, up to SYNC_POLLS
-    polls, never past its limit) until it holds the cadence's group and pushes it at once; async steps poll
-    once."""
-    from streamlearn.worker import SYNC_POLLS
+def test_a_step_polls_until_it_holds_a_group() -> None:
+    """A step polls on (max_records at a time, up to STEP_POLLS polls, never past its limit) until it holds
+    the cadence's group, so that a push carries the group even where one poll yields less; in sync mode,
+    where every push waits for a round, it pushes it at once."""
+    from streamlearn.worker import STEP_POLLS
 
     def worker(mode: str, most: int = 256, max_records: int = 100) -> Worker:
         cfg = JobConfig(workers=1, partitions=1, max_records=max_records, sim=SimConfig(events=20_000),
@@ -626,9 +626,10 @@ def test_a_sync_step_is_one_round_of_about_a_group() -> None:
     for _ in range(5):
         r = sync.step()
         assert r.pushes == 1 and sum(r.applied.values()) >= want  # one round, a group's worth
-        assert 100 < r.records <= 100 * SYNC_POLLS and r.records % 100 == 0
+        assert 100 < r.records <= 100 * STEP_POLLS and r.records % 100 == 0
         assert sync.step(limit=150).records <= 150
-        assert plain.step().records == 100
+        a = plain.step()
+        assert a.pushes == 1 and a.stats.examples >= want and 100 < a.records <= 100 * STEP_POLLS
 
     short = worker("sync")  # a source whose batches come short (a read-ahead's tail): the step polls on
     cut = short.source.next_batch
