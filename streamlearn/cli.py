@@ -224,14 +224,16 @@ def _add_job(p: argparse.ArgumentParser, embedded: bool) -> None:
         g.add_argument("--codec", choices=CODECS, help="embedded stream wire format (default json)")
     g.add_argument("--ps-mode", choices=PS_MODES, help="parameter-server mode: sync, async or bounded (default async)")
     g.add_argument("--ps-shards", type=_positive_int, help="parameter-server actors (default 1)")
-    g.add_argument("--max-staleness", type=_positive_int, help="bounded mode: versions a gradient may lag")
+    g.add_argument("--max-staleness", type=_positive_int,
+                   help="bounded mode: versions a gradient may lag (default 2048); sparse models: versions a row "
+                        "a worker reads may lag")
     g.add_argument("--stale-policy", choices=STALE_POLICIES, help="bounded mode: drop or downweight stale gradients")
     g.add_argument("--grads-per-push", type=_positive_int,
                    help="micro-batches per push (sync: per round), at least (default 64)")
     g.add_argument("--push-budget", type=float,
                    help="share of a worker's step time its pushes may take before a push carries more "
                         "micro-batches (default 0.04; 0: a fixed --grads-per-push)")
-    g.add_argument("--max-grads-per-push", type=_positive_int, help="micro-batches per push, at most (default 512)")
+    g.add_argument("--max-grads-per-push", type=_positive_int, help="micro-batches per push, at most (default 1024)")
     g.add_argument("--pull-every", type=_positive_int, help="pushes between weight pulls")
     g.add_argument("--ray-address", help="join this Ray cluster ('auto' inside one); default: start Ray here")
     g.add_argument("--ray-num-cpus", type=_positive_int, help="CPUs of the local Ray")

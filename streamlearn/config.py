@@ -13,7 +13,7 @@ for a full example file)::
     model: {kind: linear, hidden: 64, buckets: 262144}
     objective: {name: mixed, negative_weight: 1.0}
     optim: {name: adagrad, lr: 0.3, batch_size: 4}
-    ps: {mode: async, shards: 1, max_staleness: 512, ...}
+    ps: {mode: async, shards: 1, max_staleness: 2048, ...}
     join: {ttl_seconds: 3600, max_pending: 1000000}
     divergence: {guard: rollback, ...}
     checkpoint: {dir: /data/checkpoints, every_seconds: 30, keep: 3}

@@ -64,12 +64,15 @@ class PSConfig:
     shards: int = 1  # parameter-server actors, each holding a row range of every parameter
     # bounded: other workers' gradients a gradient may not have seen. A pipelined push starts from the reply
     # to the push before last, so with 2 workers ~2 foreign pushes is the steady state, and a step's first
-    # group starts from weights as old as the poll before it. The bound also caps a push at a quarter of it:
-    # measured with 2 workers on 2 cores (3 runs each), 256 held pushes at 64 micro-batches and dropped
-    # 2.6-3.4% of the updates at push_fraction 0.053-0.062; 512 lets them grow to ~90 and dropped 0-0.3% at
-    # 0.037-0.040, same held-out accuracy. Sparse models: also how old a row may be before a worker pulls it
-    # again (512 vs 256, async: same accuracy, push_fraction 0.045-0.053 vs 0.064-0.069)
-    max_staleness: int = 512
+    # group starts from weights as old as the poll before it. The bound also caps a push at a quarter of it.
+    # Measured with 2 workers on 2 cores, digits, the compiled learning loop (ray_throughput --rows bound,
+    # 600,000 events, 2 runs each), 512 / 1024 / 2048: pushes held at 116 / 225 / 225 micro-batches, calls'
+    # own cost 0.082 / 0.040 / 0.034 of a step, 3.0 / 4.1 / 1.5% of the updates dropped, held-out 0.976 /
+    # 0.976-0.978 / 0.974-0.978; at 2048 once steps poll on to a group (--rows min, 3 runs): 285 per push,
+    # 0.038, 3.3% dropped, held-out 0.978. Sparse models: also how old a row may be before a worker pulls it again;
+    # 512 vs 2048 on the hashed model (ray_throughput --rows stale --data sparse-drift, 3 runs each):
+    # progressive accuracy async 0.659-0.669 vs 0.663-0.668, bounded 0.665-0.674 vs 0.653-0.665
+    max_staleness: int = 2048
     stale_policy: str = "drop"  # bounded: drop | downweight gradients past max_staleness
     sync_timeout_seconds: float = 5.0  # sync: a round closes after this long even if a worker is silent
     # micro-batches per push (sync: per round; their local steps' update), at least; a push costs
@@ -78,13 +81,13 @@ class PSConfig:
     # max_staleness // 4, so that a foreign push or two stay within the bound). 1 worker on 2 cores: 64 is
     # ~2% of a step; 2 workers or 2 shards: a push's calls wait on the busy cores (benchmarks/ray_throughput.py).
     # Larger pushes mean staler replicas: on a short stream 2 workers learn less early (README, peers).
-    # The cap binds where pushes cost most: a sync round (a blocking round trip per push) and 2 shards.
-    # Measured (ray_throughput --rows most, 600,000 events, 3 runs each), 256 vs 512: sync held 241 vs 444
-    # micro-batches per push, calls' own cost 0.071 vs 0.043, 86k vs 97k events/s, held-out 0.970-0.972 vs
-    # 0.970; 2 workers on 2 shards 0.042 vs 0.037, same accuracy; 1 shard async never reached 256
+    # The cap binds where pushes cost most: a sync round (a blocking round trip per push). Measured
+    # (ray_throughput --rows most, 600,000 events, one run each), 256 / 512 / 1024: sync 241 / 444 / 600
+    # micro-batches per push (the mean includes the warm-up's 64s), calls' own cost 0.117 / 0.062 / 0.044,
+    # held-out 0.967 / 0.969 / 0.974; 2 workers async 0.045 / 0.035 / 0.037, on 2 shards 0.074 / 0.055 / 0.058
     grads_per_push: int = 64
     push_budget: float = 0.04
-    max_grads_per_push: int = 512
+    max_grads_per_push: int = 1024
     pull_every: int = 1  # pushes between weight pulls (a worker also pulls when max_staleness behind)
 
     def __post_init__(self) -> None:

@@ -78,10 +78,11 @@ def test_steps_without_a_push_leave_the_group_alone() -> None:
 
 
 def test_bounded_mode_caps_the_group_below_its_staleness_bound() -> None:
-    assert PSConfig(mode="async").most_grads_per_push == 512
+    assert PSConfig(mode="async").most_grads_per_push == 1024
+    assert PSConfig(mode="bounded").most_grads_per_push == 512  # a quarter of the default bound, 2048
     assert PSConfig(mode="bounded", max_staleness=256).most_grads_per_push == 64
     assert PSConfig(mode="bounded", max_staleness=1024).most_grads_per_push == 256
-    assert PSConfig(mode="bounded", max_staleness=4096).most_grads_per_push == 512  # the cap still holds
+    assert PSConfig(mode="bounded", max_staleness=8192).most_grads_per_push == 1024  # the cap still holds
     assert PSConfig(grads_per_push=1024).most_grads_per_push == 1024  # never below grads_per_push
     with pytest.raises(ValueError, match="push_budget"):
         PSConfig(push_budget=1.5)
