@@ -222,6 +222,7 @@ def run(bootstrap: str, args: argparse.Namespace, rows: list[Row]) -> None:
     harness.RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "ray_throughput" + ("" if args.rows == "all" else f"-{args.rows}") + \
         ("" if args.data == "digits" else f"-{args.data}") + \
+        ("" if args.push_budget is None else f"-budget{args.push_budget:g}") + \
         ("" if args.repeat == 1 else f"-r{args.repeat}")
     (harness.RESULTS / f"{stem}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in [*lines, summary]))
     (harness.RESULTS / f"{stem}.md").write_text(render(lines, summary, meta))
@@ -247,12 +248,15 @@ def main(argv: list[str] | None = None) -> int:
                         "centres moving")
     p.add_argument("--repeat", type=int, default=1, help="runs per row; the median-rate run is reported")
     p.add_argument("--grads-per-push", type=int, help="for every row that does not set its own")
+    p.add_argument("--push-budget", type=float, help="for every row that does not set its own")
     args = p.parse_args(argv)
     try:
         with harness.broker(args.bootstrap_servers) as bootstrap:
             rows = GROUPS[args.rows]
             if args.grads_per_push:
                 rows = [r if r.grads_per_push else replace(r, grads_per_push=args.grads_per_push) for r in rows]
+            if args.push_budget is not None:
+                rows = [r if r.push_budget is not None else replace(r, push_budget=args.push_budget) for r in rows]
             run(bootstrap, args, rows)
     finally:
         import ray
