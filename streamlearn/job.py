@@ -339,7 +339,7 @@ class Job:
         """Queue a step on worker ``w``. With ``max_events``, steps in flight never poll more than what is
         left: a step polls at most the rest not promised to steps already queued; when nothing is left to
         promise the worker waits (parked) for those steps to come back, possibly short. In sync mode it steps
-        with a limit of 0 instead, which still answers its round. A dry worker (its last step polled nothing)
+        with a limit of 0 instead, which still answers its round. A dry worker (its last poll came back empty)
         is promised nothing while another is not dry: else, steps coming back together (sync rounds), it
         could claim the rest again and again and starve the worker whose partitions hold it. When every worker
         is dry, all are promised again, afresh: the first to come back would claim it all, and if its poll comes

@@ -136,7 +136,7 @@ class StepResult:
 
     worker: int
     records: int = 0
-    polled_empty: bool = False  # a poll came back with nothing (a step with a round's worth buffered polls not)
+    polled_empty: bool = False  # a poll came back with nothing (a step holding a push's worth polls not at all)
     stats: BatchStats = field(default_factory=BatchStats)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, outcome) deltas
     join: Counter[str] = field(default_factory=Counter)  # join outcome deltas
