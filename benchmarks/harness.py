@@ -40,6 +40,7 @@ import psutil
 
 from streamlearn.events import Event
 from streamlearn.kafka_source import KafkaSettings, create_topics, produce_stream
+from streamlearn.simulate import DataConfig
 
 if TYPE_CHECKING:  # torch is imported only where a job runs: the peer subprocesses stay torch-free
     import numpy as np
@@ -47,6 +48,9 @@ if TYPE_CHECKING:  # torch is imported only where a job runs: the peer subproces
 
 LOCAL_SH = Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "local.sh"
 RESULTS = Path(__file__).resolve().parent / "results"
+# the sparse setting: 1000 features, 20 named per event, for the hashed model with these config keys
+SPARSE_DATA = DataConfig("synthetic", 1000, 10, sparse_active=20)
+HASHED_MODEL: dict[str, Any] = {"kind": "hashed", "buckets": 1 << 18}
 ACTOR_NAMES = ("WorkerActor", "ParamServer")  # process titles of a job's actors (truncated to 15 chars)
 
 

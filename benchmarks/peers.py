@@ -71,8 +71,7 @@ DATA = {
     "digits": Data("digits", DataConfig("digits"), 15_000, 540),
     "small": Data("small", DataConfig("synthetic", 64, 10), 15_000, 1000),
     "wide": Data("wide", DataConfig("synthetic", 1000, 100), 3_000, 300),
-    "sparse": Data("sparse", DataConfig("synthetic", 1000, 10, sparse_active=20), 15_000, 1000,
-                   {"kind": "hashed", "buckets": 1 << 18}),
+    "sparse": Data("sparse", harness.SPARSE_DATA, 15_000, 1000, harness.HASHED_MODEL),
 }
 POLICIES = ("random", "epsilon-greedy")
 LABEL_SHARES = (0.0, 0.5)

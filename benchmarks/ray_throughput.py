@@ -104,10 +104,9 @@ GROUPS = {"base": BASE, "tuning": TUNING, "cadence": CADENCE, "sync": SYNC, "pol
 # --data: the stream, and the model's config keys for it
 DATA: dict[str, tuple[DataConfig, dict[str, Any]]] = {
     "digits": (DataConfig(), {}),
-    "sparse": (DataConfig("synthetic", 1000, 10, sparse_active=20), {"kind": "hashed", "buckets": 1 << 18}),
+    "sparse": (harness.SPARSE_DATA, harness.HASHED_MODEL),
     # a harder one, where the model is not at its ceiling: noisier classes whose centres move
-    "sparse-drift": (DataConfig("synthetic", 1000, 10, noise=3.0, drift=0.5, sparse_active=20),
-                     {"kind": "hashed", "buckets": 1 << 18}),
+    "sparse-drift": (replace(harness.SPARSE_DATA, noise=3.0, drift=0.5), harness.HASHED_MODEL),
 }
 
 
@@ -125,7 +124,7 @@ def measure(row: Row, topics: harness.Topics, data_name: str) -> dict[str, Any]:
     data, model = DATA[data_name]
     over: dict[str, Any] = {"ps": {"mode": row.mode, "shards": row.shards}}
     if model:
-        over["model"] = model
+        over["model"] = dict(model)  # job_config may keep the dict it is given
     if row.grads_per_push:
         over["ps"]["grads_per_push"] = row.grads_per_push
     if row.push_budget is not None:
