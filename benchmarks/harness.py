@@ -203,21 +203,15 @@ def mb(n: int) -> float:
 
 
 def start_ray(num_cpus: int = 2) -> None:
-    import logging
+    """A local Ray as the job starts it (effective only if nothing imported ray yet, for loopback)."""
+    from streamlearn.cluster import loopback_ray
 
-    from streamlearn.cli import loopback_ray
-
-    loopback_ray()  # as the CLI does: effective only if nothing imported ray yet
-    import ray
-
-    if ray.is_initialized():
-        return
-    from streamlearn.actors import inline_larger_calls
-
+    loopback_ray()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only cluster
-    inline_larger_calls()  # as the job does
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, configure_logging=True,
-             log_to_driver=True)
+    from streamlearn.cluster import start_ray as start
+    from streamlearn.config import RayConfig
+
+    start(RayConfig(num_cpus=num_cpus))
 
 
 def job_config(topics: Topics, workers: int = 1, classes: int = 10, n_features: int = 64,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import struct
 import time
 import uuid
@@ -19,26 +18,13 @@ import numpy as np
 import ray
 import torch
 
+from streamlearn.cluster import INLINE_BYTES as INLINE_BYTES
+from streamlearn.cluster import INLINE_ENV as INLINE_ENV
+from streamlearn.cluster import inline_larger_calls as inline_larger_calls
 from streamlearn.learner import OptimConfig
 from streamlearn.model import ModelConfig, build_model
 from streamlearn.paramserver import InOrder, Layout, PSConfig, PushResult, RowLayout, Shard, combine
 from streamlearn.worker import StepResult, tune_gc
-
-# Ray passes a call's argument (and its return value) inline up to max_direct_call_object_size, 100 KiB by
-# default, and through the shared-memory object store above it. A sparse model's push is larger: its rows'
-# weight and accumulator changes in float64, ~160 KB for the ~1,000 rows a group of 64 micro-batches of 20
-# named features touches. Measured here: a 160 KB argument's round trip 1.7-2.2 ms through the store, 1.0-1.1 ms
-# inline (90 KB: ~1.0 ms either way; 1.2 MB: 2.8 ms through the store, 3.5 ms inline). Processes read it
-# from the environment when they start: set before ray.init() for a local Ray, in the image for a cluster.
-INLINE_BYTES = 512 * 1024
-INLINE_ENV = "RAY_max_direct_call_object_size"
-
-
-def inline_larger_calls() -> None:
-    """Before starting a local Ray: pass calls of up to :data:`INLINE_BYTES` inline (a user's own setting
-    of the variable wins)."""
-    os.environ.setdefault(INLINE_ENV, str(INLINE_BYTES))
-
 
 ACTOR_SHARE = 0.001  # of the placement resource per actor: pods offer 1000, so it never limits the count
 

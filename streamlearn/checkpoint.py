@@ -27,7 +27,6 @@ import os
 import pickle
 import time
 import types
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +34,11 @@ import msgspec
 import torch
 
 from streamlearn import events
+from streamlearn.config.runtime import CheckpointConfig as CheckpointConfig
 
 log = logging.getLogger(__name__)
 MAGIC = b"SLCK1\n"
 PATTERN = "checkpoint-*.slck"
-
-
-@dataclass(frozen=True)
-class CheckpointConfig:
-    dir: str | None = None  # where checkpoints go; None: no checkpoints
-    every_seconds: float = 30.0  # periodic checkpoint interval (0: off)
-    every_updates: int = 0  # also every this many model updates (0: off)
-    keep: int = 3  # newest checkpoints kept
-
-    def __post_init__(self) -> None:
-        if self.every_seconds < 0 or self.every_updates < 0:
-            raise ValueError("checkpoint every_seconds / every_updates: must be >= 0")
-        if self.keep < 1:
-            raise ValueError(f"checkpoint keep: must be >= 1, got {self.keep}")
 
 
 class CorruptCheckpoint(Exception):

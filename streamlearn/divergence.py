@@ -35,50 +35,15 @@ import bisect
 import copy
 import math
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from streamlearn.config.learning import GUARDS as GUARDS
+from streamlearn.config.learning import DivergenceConfig as DivergenceConfig
 from streamlearn.model import weight_norm
 
 KINDS = ("non_finite", "loss_spike", "norm_growth")
-GUARDS = ("none", "clip", "lower-lr", "rollback")
-
-
-@dataclass(frozen=True)
-class DivergenceConfig:
-    guard: str = "rollback"  # none | clip | lower-lr | rollback
-    warmup_updates: int = 100  # no loss-spike or norm-growth verdict before this many updates
-    ewma_alpha: float = 0.05  # weight of the newest batch in the loss level and spread
-    spike_factor: float = 10.0  # spread multiples above the level that make a spike
-    spike_floor: float = 1.0  # absolute loss margin, so a near-zero spread can't trip it
-    norm_growth_ratio: float = 1.3  # norm(t) / norm(t/2) above this is runaway growth
-    max_weight_norm: float = 1e4  # hard ceiling on the weight norm
-    recovery_updates: int = 2000  # updates without a signal before "diverging" clears
-    clip_norm: float = 1.0  # guard=clip: gradient norm bound while diverging
-    lr_factor: float = 0.5  # guard=lower-lr: multiplier applied per divergence event
-    good_every: int = 100  # guard=rollback: updates between saves of the last good state
-    window_examples: int = 32  # single process: examples whose mean loss is one observation (any micro-batch)
-
-    def __post_init__(self) -> None:
-        if self.guard not in GUARDS:
-            raise ValueError(f"divergence guard: unknown {self.guard!r}, choose one of {', '.join(GUARDS)}")
-        if not 0 < self.ewma_alpha <= 1:
-            raise ValueError(f"divergence ewma_alpha: must be in (0, 1], got {self.ewma_alpha}")
-        if not self.norm_growth_ratio > 1:
-            raise ValueError(f"divergence norm_growth_ratio: must be > 1, got {self.norm_growth_ratio}")
-        if not 0 < self.lr_factor < 1:
-            raise ValueError(f"divergence lr_factor: must be in (0, 1), got {self.lr_factor}")
-        for name in ("warmup_updates", "recovery_updates", "good_every", "window_examples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"divergence {name}: must be >= 1")
-        for name in ("clip_norm", "max_weight_norm"):  # a negative clip would climb the loss, 0 stop learning
-            if not getattr(self, name) > 0:
-                raise ValueError(f"divergence {name}: must be > 0, got {getattr(self, name)}")
-        for name in ("spike_factor", "spike_floor"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"divergence {name}: must be >= 0, got {getattr(self, name)}")
 
 
 class DivergenceDetector:

@@ -14,7 +14,6 @@ event's update is then in the surviving model exactly once.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import signal
@@ -30,6 +29,7 @@ import torch
 from ray.exceptions import RayError
 
 from streamlearn import checkpoint
+from streamlearn.cluster import start_ray
 from streamlearn.config import JobConfig
 from streamlearn.divergence import DivergenceDetector
 from streamlearn.evaluate import heldout_scores
@@ -160,21 +160,7 @@ class Job:
         self._stop.set()
 
     def _start_ray(self) -> None:
-        if ray.is_initialized():
-            return
-        r = self.cfg.ray
-        if r.address:
-            ray.init(address=r.address, logging_level=logging.WARNING, log_to_driver=True)
-        else:
-            from streamlearn.actors import inline_larger_calls
-
-            inline_larger_calls()
-            ray.init(num_cpus=r.num_cpus, include_dashboard=r.dashboard, dashboard_host="127.0.0.1",
-                     logging_level=logging.WARNING, configure_logging=True, log_to_driver=True)
-            node = ray.util.get_node_ip_address()
-            if not ipaddress.ip_address(node).is_loopback:
-                log.warning("local Ray listens on %s, not only on loopback: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
-                            "before ray is imported (as `streamlearn run` does)", node)
+        start_ray(self.cfg.ray)
 
     def _partitions(self) -> int:
         if self.cfg.source == "embedded":

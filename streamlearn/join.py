@@ -16,24 +16,12 @@ remembered for the TTL (bounded by ``max_pending`` too) for that check.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
+from streamlearn.config.runtime import JoinConfig as JoinConfig
 from streamlearn.events import Example, Feedback, Prediction, example_from
 
 OUTCOMES = ("joined", "duplicate", "expired", "evicted")
-
-
-@dataclass(frozen=True)
-class JoinConfig:
-    ttl_seconds: float = 3600.0  # event time a prediction waits for its feedback (and vice versa)
-    max_pending: int = 1_000_000  # waiting entries before the oldest is evicted
-
-    def __post_init__(self) -> None:
-        if not self.ttl_seconds > 0:
-            raise ValueError(f"join ttl_seconds: must be > 0, got {self.ttl_seconds}")
-        if self.max_pending < 1:
-            raise ValueError(f"join max_pending: must be >= 1, got {self.max_pending}")
 
 
 class Joiner:

@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamlearn.config.learning import OPTIMIZERS as OPTIMIZERS
+from streamlearn.config.learning import ObjectiveConfig
+from streamlearn.config.learning import OptimConfig as OptimConfig
 from streamlearn.divergence import clip_scale
 from streamlearn.events import Example
 from streamlearn.model import LinearSoftmax, ModelConfig, SoftmaxModel, build_model, sum_rows
 from streamlearn.objective import Objective
 
-OPTIMIZERS = ("sgd", "adagrad")
 # micro-batches per KL(serving || current) sample: the metric is a smoothed gauge, and computing it
 # on every micro-batch of 4 cost a fifth of the gradient step (~10 of ~55 us)
 KL_EVERY = 8
@@ -34,21 +36,6 @@ MAX_GRAD_NORM = 1e18
 # the compiled loop's products are plain loops: past this many multiply-adds per micro-batch's logits
 # (batch size x features x classes), numpy's BLAS products win (measured in streamlearn/linear_kernel.py)
 COMPILED_MAX_MACS = 300_000
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    name: str = "adagrad"  # sgd | adagrad
-    lr: float = 0.3  # step size; Adagrad divides it by the root of the summed squared gradients
-    batch_size: int = 4  # examples per micro-batch (one gradient); small batches learn more per event (objective.py)
-
-    def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"optimizer: unknown {self.name!r}, choose one of {', '.join(OPTIMIZERS)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
 
 
 def build_optimizer(cfg: OptimConfig, params: Sequence[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -273,9 +260,9 @@ class Batch:
 
 
 class Learner:
-    def __init__(self, model_cfg: ModelConfig, objective: Objective, optim: OptimConfig) -> None:
+    def __init__(self, model_cfg: ModelConfig, objective: ObjectiveConfig, optim: OptimConfig) -> None:
         self.model_cfg = model_cfg
-        self.objective = objective
+        self.objective = Objective.of(objective)
         self.optim_cfg = optim
         self.model: SoftmaxModel = build_model(model_cfg)
         self.params = list(self.model.parameters())  # fixed objects (updates are in place); listing them costs ~7 us

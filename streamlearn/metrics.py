@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from streamlearn.config.runtime import MetricsConfig as MetricsConfig
 from streamlearn.worker import StepResult
 
 METRIC_NAMES = (
@@ -49,22 +49,6 @@ METRIC_NAMES = (
 LOSS_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, math.inf)
 STALENESS_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, math.inf)
 BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, math.inf)
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    host: str = "127.0.0.1"  # bind address of the scrape endpoint; loopback unless configured
-    port: int | None = None  # None: no endpoint
-    history: str | None = None  # JSON-lines file of periodic snapshots, for `streamlearn report`
-    history_every_seconds: float = 2.0
-    tls_certfile: str | None = None  # serve the endpoint over TLS when both are given
-    tls_keyfile: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.port is not None and not 0 <= self.port <= 65535:
-            raise ValueError(f"metrics port: must be in 0..65535, got {self.port}")
-        if (self.tls_certfile is None) != (self.tls_keyfile is None):
-            raise ValueError("metrics tls: give both tls_certfile and tls_keyfile, or neither")
 
 
 class Metrics:

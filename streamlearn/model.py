@@ -9,35 +9,15 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
 import torch
 from torch import nn
 
+from streamlearn.config.learning import MODELS as MODELS
+from streamlearn.config.learning import ModelConfig as ModelConfig
 from streamlearn.events import Features
-
-MODELS = ("linear", "mlp", "hashed")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    kind: str = "linear"  # linear | mlp | hashed
-    n_features: int = 64  # dense input width
-    n_classes: int = 10
-    hidden: int = 64  # mlp hidden units
-    buckets: int = 1 << 18  # hashed: number of feature buckets (the hashing trick)
-    seed: int = 0  # parameter initialisation
-
-    def __post_init__(self) -> None:
-        if self.kind not in MODELS:
-            raise ValueError(f"model: unknown kind {self.kind!r}, choose one of {', '.join(MODELS)}")
-        if self.n_classes < 2:
-            raise ValueError(f"n_classes: need at least 2 classes, got {self.n_classes}")
-        for name in ("n_features", "hidden", "buckets"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
 
 
 class SoftmaxModel(nn.Module):

@@ -53,33 +53,20 @@ gradient is then one matrix product (tests check it against autograd).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-OBJECTIVES = ("mixed", "positive-only", "negated")
+from streamlearn.config.learning import OBJECTIVES as OBJECTIVES
+from streamlearn.config.learning import ObjectiveConfig
 
 
-@dataclass(frozen=True)
-class Objective:
-    """Which loss to apply to negatives, and how much they weigh."""
+class Objective(ObjectiveConfig):
+    """An objective's settings (:class:`~streamlearn.config.ObjectiveConfig`) with its loss math."""
 
-    name: str = "mixed"  # mixed | positive-only | negated
-    negative_weight: float = 1.0  # weight of each negative term relative to a positive
-
-    def __post_init__(self) -> None:
-        if self.name not in OBJECTIVES:
-            raise ValueError(f"objective: unknown {self.name!r}, choose one of {', '.join(OBJECTIVES)}")
-        if not self.negative_weight >= 0:
-            raise ValueError(f"negative_weight: must be >= 0, got {self.negative_weight}")
-
-    @property
-    def neg_weight(self) -> float:
-        """Weight of a negative term (0 for positive-only)."""
-        if self.name == "positive-only":
-            return 0.0
-        return self.negative_weight
+    @classmethod
+    def of(cls, cfg: ObjectiveConfig) -> Objective:
+        """The objective ``cfg`` (a config section) names."""
+        return cfg if isinstance(cfg, Objective) else cls(cfg.name, cfg.negative_weight)
 
     def per_example(self, logits: torch.Tensor, labels: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
         """Unweighted per-example loss (B,) for this objective."""

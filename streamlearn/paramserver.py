@@ -50,69 +50,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from streamlearn.config.runtime import PS_MODES as PS_MODES
+from streamlearn.config.runtime import STALE_POLICIES as STALE_POLICIES
+from streamlearn.config.runtime import PSConfig as PSConfig
 from streamlearn.learner import FlatState, OptimConfig, RowState, build_optimizer
 from streamlearn.model import ModelConfig, build_model
 
 log = logging.getLogger(__name__)
-PS_MODES = ("sync", "async", "bounded")
-STALE_POLICIES = ("drop", "downweight")
-
-
-@dataclass(frozen=True)
-class PSConfig:
-    mode: str = "async"  # sync | async | bounded
-    shards: int = 1  # parameter-server actors, each holding a row range of every parameter
-    # bounded: other workers' gradients a gradient may not have seen. A pipelined push starts from the reply
-    # to the push before last, so with 2 workers ~2 foreign pushes is the steady state, and a step's first
-    # group starts from weights as old as the poll before it. The bound also caps a push at a quarter of it.
-    # Measured with 2 workers on 2 cores, digits, the compiled learning loop (ray_throughput --rows bound,
-    # 600,000 events, 2 runs each), 512 / 1024 / 2048: pushes held at 116 / 225 / 225 micro-batches, calls'
-    # own cost 0.082 / 0.040 / 0.034 of a step, 3.0 / 4.1 / 1.5% of the updates dropped, held-out 0.976 /
-    # 0.976-0.978 / 0.974-0.978; at 2048 once steps poll on to a group (--rows min, 3 runs): 285 per push,
-    # 0.038, 3.3% dropped, held-out 0.978. Sparse models: also how old a row may be before a worker pulls it again;
-    # 512 vs 2048 on the hashed model (ray_throughput --rows stale --data sparse-drift, 3 runs each):
-    # progressive accuracy async 0.659-0.669 vs 0.663-0.668, bounded 0.665-0.674 vs 0.653-0.665
-    max_staleness: int = 2048
-    stale_policy: str = "drop"  # bounded: drop | downweight gradients past max_staleness
-    sync_timeout_seconds: float = 5.0  # sync: a round closes after this long even if a worker is silent
-    # micro-batches per push (sync: per round; their local steps' update), at least; a push costs
-    # about the same however much it carries, so a worker carries more per push while its pushes take more
-    # than push_budget of its step time (0: never), up to max_grads_per_push (bounded mode: also
-    # max_staleness // 4, so that a foreign push or two stay within the bound). 1 worker on 2 cores: 64 is
-    # ~2% of a step; 2 workers or 2 shards: a push's calls wait on the busy cores (benchmarks/ray_throughput.py).
-    # Larger pushes mean staler replicas: on a short stream 2 workers learn less early (README, peers).
-    # The cap binds where pushes cost most: a sync round (a blocking round trip per push). Measured
-    # (ray_throughput --rows most, 600,000 events, one run each), 256 / 512 / 1024: sync 241 / 444 / 600
-    # micro-batches per push (the mean includes the warm-up's 64s), calls' own cost 0.117 / 0.062 / 0.044,
-    # held-out 0.967 / 0.969 / 0.974; 2 workers async 0.045 / 0.035 / 0.037, on 2 shards 0.074 / 0.055 / 0.058
-    grads_per_push: int = 64
-    push_budget: float = 0.04
-    max_grads_per_push: int = 1024
-    pull_every: int = 1  # pushes between weight pulls (a worker also pulls when max_staleness behind)
-
-    def __post_init__(self) -> None:
-        if self.mode not in PS_MODES:
-            raise ValueError(f"ps mode: unknown {self.mode!r}, choose one of {', '.join(PS_MODES)}")
-        if self.stale_policy not in STALE_POLICIES:
-            raise ValueError(f"ps stale_policy: unknown {self.stale_policy!r}, choose drop or downweight")
-        for name in ("shards", "max_staleness", "grads_per_push", "max_grads_per_push", "pull_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ps {name}: must be >= 1, got {getattr(self, name)}")
-        if self.mode == "bounded" and self.grads_per_push > self.max_staleness // 2:
-            raise ValueError(f"ps grads_per_push {self.grads_per_push} is more than half of max_staleness "
-                             f"{self.max_staleness}: with a second worker every update would miss the bound; "
-                             "raise max_staleness or lower grads_per_push")
-        if not 0 <= self.push_budget < 1:
-            raise ValueError(f"ps push_budget: a share of step time in [0, 1), got {self.push_budget}")
-        if not self.sync_timeout_seconds > 0:
-            raise ValueError("ps sync_timeout_seconds: must be > 0")
-
-    @property
-    def most_grads_per_push(self) -> int:
-        """The largest group a push may carry: never below grads_per_push."""
-        most = self.max_grads_per_push if self.mode != "bounded" else min(self.max_grads_per_push,
-                                                                          self.max_staleness // 4)
-        return max(self.grads_per_push, most)
 
 
 def row_range(n_rows: int, shard: int, shards: int) -> tuple[int, int]:

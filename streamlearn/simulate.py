@@ -11,67 +11,17 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
+from streamlearn.config.stream import DATASETS as DATASETS
+from streamlearn.config.stream import POLICIES as POLICIES
+from streamlearn.config.stream import DataConfig as DataConfig
+from streamlearn.config.stream import SimConfig as SimConfig
 from streamlearn.events import Event, Feedback, Prediction
-
-DATASETS = ("digits", "synthetic")
-POLICIES = ("random", "fixed", "epsilon-greedy")
 
 # scores (N, D) inputs -> (N, K) probabilities; the live model for epsilon-greedy
 Scorer = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: str = "digits"  # digits | synthetic
-    n_features: int = 64  # synthetic only (digits has 64)
-    n_classes: int = 10  # synthetic only (digits has 10)
-    noise: float = 1.0  # synthetic: within-class spread relative to class separation
-    drift: float = 0.0  # synthetic: how far class centres move per 10,000 events
-    sparse_active: int = 0  # synthetic: > 0 emits that many named features per event (hashed model)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset: unknown {self.dataset!r}, choose one of {', '.join(DATASETS)}")
-        if self.n_classes < 2 or self.n_features < 1:
-            raise ValueError("dataset: need n_classes >= 2 and n_features >= 1")
-        if self.noise < 0 or self.drift < 0 or self.sparse_active < 0:
-            raise ValueError("dataset: noise, drift and sparse_active must be >= 0")
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    events: int = 20_000  # predictions served by the deployed model
-    policy: str = "random"  # random | fixed | epsilon-greedy
-    epsilon: float = 0.1  # epsilon-greedy exploration rate
-    judged_share: float = 1.0  # predictions that get any feedback
-    label_share: float = 0.0  # judgements that give the true label (the rest: correct/wrong)
-    label_noise: float = 0.0  # judgements that are wrong
-    duplicate_share: float = 0.0  # events delivered twice
-    out_of_order_share: float = 0.0  # feedback that arrives before its prediction
-    inline_share: float = 0.0  # feedback carrying the features itself (no join needed)
-    rate: float = 100.0  # predictions per second of event time
-    delay_mean: float = 30.0  # mean feedback delay, seconds of event time
-    log_probs: bool = True  # predictions carry the serving distribution
-    start_ts: float = 1_764_300_000.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy: unknown {self.policy!r}, choose one of {', '.join(POLICIES)}")
-        if self.events < 0:
-            raise ValueError(f"events: must be >= 0, got {self.events}")
-        for name in ("epsilon", "judged_share", "label_share", "label_noise", "duplicate_share",
-                     "out_of_order_share", "inline_share"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name.replace('_', '-')}: must be in [0, 1], got {v}")
-        if not self.rate > 0 or self.delay_mean < 0:
-            raise ValueError("rate must be > 0 and delay-mean >= 0")
 
 
 class Dataset:

@@ -45,3 +45,11 @@ def test_pod_is_restricted(overlay: str, role: str, template: dict) -> None:
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(resources.get(kind, {})), f"{where} {kind}"
         assert c["image"].split(":")[-1] != "latest" and ":" in c["image"], where
+
+
+@pytest.mark.parametrize(("overlay", "role", "template"), _templates(),
+                         ids=[f"{o}-{r}" for o, r, _ in _templates()])
+def test_pod_gets_no_service_link_variables(overlay: str, role: str, template: dict) -> None:
+    """Kubernetes would inject STREAMLEARN_METRICS_SERVICE_HOST and friends for the streamlearn-metrics Service;
+    they look like settings (the loader ignores them too, tests/unit/test_config.py)."""
+    assert template["spec"].get("enableServiceLinks") is False

@@ -8,10 +8,10 @@ import ray
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    from streamlearn.actors import inline_larger_calls
+    from streamlearn.cluster import inline_larger_calls
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only test cluster
     inline_larger_calls()  # as a job's local Ray does
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING", configure_logging=True)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING", configure_logging=True)
     yield
     ray.shutdown()

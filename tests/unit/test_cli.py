@@ -155,3 +155,46 @@ def test_epsilon_greedy_mixed_at_least_as_good_as_positive_only(events: int) -> 
                              "--events", str(events), "--objective", "positive-only")
     assert code == code2 == 0
     assert out[-1]["heldout_accuracy"] >= out2[-1]["heldout_accuracy"]
+
+
+OLD_FLAGS = {
+    "demo": "--classes --n-features --workers --partitions --codec --ps-mode --ps-shards --max-staleness "
+            "--stale-policy --grads-per-push --push-budget --max-grads-per-push --pull-every --ray-address "
+            "--ray-num-cpus --actor-resource --checkpoint-dir --checkpoint-every-seconds --checkpoint-every-updates "
+            "--keep-checkpoints --metrics-host --metrics-port --metrics-history --metrics-tls-certfile "
+            "--metrics-tls-keyfile --max-events --max-seconds --until-idle --model --hidden --buckets --optimizer "
+            "--lr --batch-size --negative-weight --objective --guard --seed --dataset --noise --drift "
+            "--sparse-active --events --policy --epsilon --judged-share --label-share --label-noise "
+            "--duplicate-share --out-of-order-share --delay-mean --config",
+    "run": "--classes --n-features --workers --bootstrap-servers --predictions-topic --feedback-topic --dlq-topic "
+           "--group-id --security-protocol --ssl-cafile --ssl-certfile --ssl-keyfile --sasl-mechanism "
+           "--sasl-username --sasl-password-file --config --ps-mode --ray-address --checkpoint-dir --until-idle",
+    "produce": "--seed --codec --rate --pack --events --dataset --classes --n-features --bootstrap-servers",
+    "evaluate": "--objective --guard --seed --events --lr --dataset",
+}
+
+
+@pytest.mark.parametrize("command", sorted(OLD_FLAGS))
+def test_every_flag_is_still_there_and_help_shows_its_default(command: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert not {f for f in OLD_FLAGS[command].split() if f not in text.split()}
+    if command in ("demo", "run"):
+        assert "--max-staleness N" in text or "--max-staleness MAX_STALENESS" in text
+        assert "(default $STREAMLEARN_PS_MAX_STALENESS or 2048)" in text
+    if command == "evaluate":
+        assert "(default none)" in text  # evaluate's own guard default, not the job's
+
+
+def test_a_bad_flag_value_names_the_flag_and_the_key(job_config: dict, capsys) -> None:
+    assert main(["demo", "--ps-shards", "0"]) == 2
+    assert "--ps-shards: ps.shards: must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["demo", "--workers", "x"]) == 2
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_seed_flag_sets_every_seed(job_config: dict) -> None:
+    assert main(["demo", "--seed", "7", "--ray-dashboard"]) == 0
+    cfg = job_config["cfg"]
+    assert (cfg.model.seed, cfg.data.seed, cfg.sim.seed, cfg.ray.dashboard) == (7, 7, 7, True)

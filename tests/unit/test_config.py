@@ -23,7 +23,7 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
     ("text", "env", "needle"),
     [
         ("wrokers: 2\n", {}, "wrokers: unknown key"),
-        ("ps: {mode: fast}\n", {}, "ps mode: unknown 'fast'"),
+        ("ps: {mode: fast}\n", {}, "ps.mode: unknown 'fast'"),
         ("ps: {shards: two}\n", {}, "ps.shards: must be an integer"),
         ("optim: {lr: -1}\n", {}, "lr: must be > 0"),
         ("", {"STREAMLEARN_PS_MDOE": "sync"}, "STREAMLEARN_PS_MDOE"),
@@ -154,3 +154,43 @@ def test_embedded_shape_follows_the_data_section(tmp_path: Path) -> None:
     cfg = config.load(str(f), {}, env={})
     assert (len(cfg.classes), cfg.n_features, cfg.model.n_classes, cfg.data.n_classes) == (3, 5, 3, 3)
     assert config.load(None, {"classes": "a,b"}, env={"STREAMLEARN_SOURCE": "kafka"}).classes == ("a", "b")
+
+
+def test_importing_config_loads_no_heavy_framework() -> None:
+    """Parsing a config must not pay for torch, Ray or the Prometheus client (a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, streamlearn.config, streamlearn.config.flags; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'prometheus_client'}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_kubernetes_service_links_are_not_settings() -> None:
+    """Kubernetes injects these for the streamlearn-metrics Service into every pod of the namespace."""
+    links = {"STREAMLEARN_METRICS_SERVICE_HOST": "10.96.0.12", "STREAMLEARN_METRICS_SERVICE_PORT": "9400",
+             "STREAMLEARN_METRICS_SERVICE_PORT_METRICS": "9400", "STREAMLEARN_METRICS_PORT": "tcp://10.96.0.12:9400",
+             "STREAMLEARN_METRICS_PORT_9400_TCP": "tcp://10.96.0.12:9400",
+             "STREAMLEARN_METRICS_PORT_9400_TCP_PROTO": "tcp", "STREAMLEARN_METRICS_PORT_9400_TCP_PORT": "9400",
+             "STREAMLEARN_METRICS_PORT_9400_TCP_ADDR": "10.96.0.12",
+             "STREAMLEARN_HEAD_SVC_SERVICE_HOST": "10.96.0.13", "STREAMLEARN_HEAD_SVC_PORT": "tcp://10.96.0.13:6379"}
+    cfg = config.load(None, {}, env=links)
+    assert cfg.metrics == config.MetricsConfig()
+    assert config.load(None, {}, env={**links, "STREAMLEARN_METRICS_PORT": "9401"}).metrics.port == 9401
+    with pytest.raises(ConfigError, match=r"STREAMLEARN_METRICS_PROT: unknown key metrics\.prot"):
+        config.load(None, {}, env={**links, "STREAMLEARN_METRICS_PROT": "9401"})
+
+
+def test_every_setting_has_help_and_its_env_name() -> None:
+    """The declaration is the one table: every setting has a help line, and each env name maps to one key."""
+    from streamlearn.config.declare import walk
+
+    settings = list(walk(config.JobConfig))
+    assert all(f.metadata.get("help") for _, f, _ in settings)
+    names = config.env_names()
+    assert len(names) == len(settings)
+    assert names["STREAMLEARN_PS_MAX_STALENESS"] == ("ps", "max_staleness")
+    assert names["STREAMLEARN_WORKERS"] == ("workers",)
+    cfg = config.load(None, {}, env={"STREAMLEARN_RAY_DASHBOARD": "yes", "STREAMLEARN_SIM_LOG_PROBS": "off"})
+    assert cfg.ray.dashboard is True and cfg.sim.log_probs is False
