@@ -154,9 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-job_overrides = overrides  # the flags the user gave, as a nested config mapping
-
-
 def _run_job(cfg: JobConfig, name: str) -> dict[str, Any]:
     if not cfg.ray.address:
         loopback_ray()  # before streamlearn.job imports ray

@@ -33,6 +33,7 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 INLINE_BYTES = 512 * 1024
 INLINE_ENV = "RAY_max_direct_call_object_size"
 ADDRESS_ENV = "RAY_ADDRESS"
+USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
 
 
 class RayUnreachable(ConnectionError):
@@ -137,6 +138,7 @@ def start_ray(cfg: RayConfig) -> None:
         _init_within(cfg.connect_seconds, address, logging_level=logging.WARNING, log_to_driver=True)
         return
     os.environ.pop(ADDRESS_ENV, None)  # Ray's processes would inherit it: this job's Ray is its own
+    os.environ.setdefault(USAGE_STATS_ENV, "0")  # no usage reporting thread for a job's private Ray
     inline_larger_calls()
     ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=cfg.dashboard, dashboard_host="127.0.0.1",
              logging_level=logging.WARNING, configure_logging=True, log_to_driver=True)

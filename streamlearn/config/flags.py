@@ -27,6 +27,8 @@ def select(sections: Sequence[str] = (), top: Sequence[str] = (), exclude: Itera
 def _shown(value: Any) -> str:
     if value is None:
         return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, tuple):
         return str(len(value))
     return str(value)
@@ -58,7 +60,7 @@ def add_flags(parser: argparse.ArgumentParser, group: Any, settings: Iterable[tu
             kw["action"] = "store_true"
         else:
             kw["type"] = kind if kind in (int, float) else str
-            kw["metavar"] = dest.upper() if not meta.get("choices") else None
+            kw["metavar"] = {int: "N", float: "X"}.get(kind)  # None: argparse's own (the name, or the choices)
             kw["choices"] = meta.get("choices")
         group.add_argument(flag, **kw)
     parser.set_defaults(**{PATHS: paths})
