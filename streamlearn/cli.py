@@ -308,7 +308,7 @@ COMMANDS = {"evaluate": cmd_evaluate, "demo": cmd_demo, "run": cmd_run, "predict
 def _one_line(exc: Exception, args: argparse.Namespace | None) -> str:
     """A config error names the flag that set the bad value, if a flag did."""
     flag = flag_of(args, exc.key) if isinstance(exc, config.ConfigError) and args is not None else None
-    return f"{flag}: {exc}" if flag else str(exc)
+    return f"{flag}: {exc}" if flag and flag not in str(exc) else str(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

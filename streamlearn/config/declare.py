@@ -13,10 +13,12 @@ from typing import Any, ClassVar
 
 
 class ConfigError(ValueError):
-    """A bad configuration value; ``key`` is its dotted path (``ps.mode``), empty when none applies."""
+    """A bad configuration value; ``key`` is its dotted path (``ps.mode``), empty when none applies, and
+    ``label`` names it in the message where the key alone would not do (``checkpoint.dir (--checkpoint-dir)``)."""
 
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}" if key else message)
+    def __init__(self, key: str, message: str, label: str | None = None) -> None:
+        label = label or key
+        super().__init__(f"{label}: {message}" if label else message)
         self.key = key
 
 

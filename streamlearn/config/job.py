@@ -51,10 +51,12 @@ class JobConfig(Section):
         if self.source == "embedded" and self.workers > self.partitions:
             raise ConfigError("workers", f"{self.workers} workers need at least as many partitions "
                               f"(partitions is {self.partitions})")
+        if self.data.sparse_active and self.model.kind != "hashed":
+            raise ConfigError("data.sparse_active", f"named features need model hashed (model is {self.model.kind})")
         if self.model.n_classes != len(self.classes) or self.model.n_features != self.n_features:
             raise ConfigError("model", "n_classes / n_features must match classes / n_features "
                               "(build the config with config.load, which keeps them in step)")
 
     @property
     def schema(self) -> Schema:
-        return Schema(self.classes, self.n_features)
+        return Schema(self.classes, self.n_features, named_features=self.model.kind == "hashed")

@@ -194,3 +194,23 @@ def test_every_setting_has_help_and_its_env_name() -> None:
     assert names["STREAMLEARN_WORKERS"] == ("workers",)
     cfg = config.load(None, {}, env={"STREAMLEARN_RAY_DASHBOARD": "yes", "STREAMLEARN_SIM_LOG_PROBS": "off"})
     assert cfg.ray.dashboard is True and cfg.sim.log_probs is False
+
+
+def test_named_sparse_features_on_a_dense_model_fail_at_start(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("data: {dataset: synthetic, sparse_active: 20}\n")
+    with pytest.raises(ConfigError, match=r"data\.sparse_active: named features need model hashed"):
+        config.load(str(f), {})
+    f.write_text("data: {dataset: synthetic, sparse_active: 20}\nmodel: {kind: hashed}\n")
+    assert config.load(str(f), {}).schema.named_features
+    f.write_text("")
+    assert not config.load(str(f), {}).schema.named_features
+
+
+def test_a_checkpoint_dir_that_is_a_file_fails_at_start_naming_the_flag(tmp_path: Path) -> None:
+    taken = tmp_path / "ckpt"
+    taken.write_text("not a directory")
+    for directory in (taken, taken / "sub"):
+        with pytest.raises(ConfigError, match=r"--checkpoint-dir.*is a file, not a directory"):
+            config.load(None, {"checkpoint": {"dir": str(directory)}})
+    assert config.load(None, {"checkpoint": {"dir": str(tmp_path / "new" / "dir")}}).checkpoint.dir
