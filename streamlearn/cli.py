@@ -48,9 +48,8 @@ EVALUATE_DEFAULTS: dict[tuple[str, ...], Any] = {("divergence", "guard"): "none"
 
 def _add_learning(p: argparse.ArgumentParser, env: bool, objective: bool = True) -> None:
     exclude = () if objective else (("objective", "name"),)
-    add_flags(p, p.add_argument_group("learning"), select(("model", "optim", "objective"), exclude=exclude), env,
-              shown={} if env else EVALUATE_DEFAULTS)
-    add_flags(p, p.add_argument_group("learning"), select(("divergence",)), env,
+    add_flags(p, p.add_argument_group("learning"), select(("model", "optim", "objective", "divergence"),
+                                                          exclude=exclude), env,
               shown={} if env else EVALUATE_DEFAULTS)
 
 

@@ -21,7 +21,7 @@ class ModelConfig(Section):
     n_classes: int = setting(10, "classes (set from the top-level classes)", ge=2)
     hidden: int = setting(64, "mlp hidden units", flag="--hidden", ge=1)
     buckets: int = setting(1 << 18, "hashed: feature buckets (the hashing trick)", flag="--buckets", ge=1)
-    seed: int = setting(0, "seed of the parameter initialisation and of the simulated stream", flag="--seed")
+    seed: int = setting(0, "seed of the parameter initialisation (--seed also seeds the stream)", flag="--seed")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ class DataConfig(Section):
     drift: float = setting(0.0, "synthetic: how far class centres move per 10,000 events", flag="--drift", ge=0)
     sparse_active: int = setting(0, "synthetic: > 0 emits that many named sparse features per event (hashed "
                                  "model)", flag="--sparse-active", ge=0)
-    seed: int = setting(0, "seed of the stream", flag="--seed")
+    seed: int = setting(0, "seed of the dataset's draws (--seed also seeds the simulation and the model)",
+                        flag="--seed")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class SimConfig(Section):
     delay_mean: float = setting(30.0, "mean feedback delay, seconds of event time", flag="--delay-mean", ge=0)
     log_probs: bool = setting(True, "predictions carry the serving distribution")
     start_ts: float = setting(1_764_300_000.0, "event time of the first prediction, unix seconds")
-    seed: int = setting(0, "seed of the stream", flag="--seed")
+    seed: int = setting(0, "seed of the simulated traffic and feedback", flag="--seed")
 
 
 __all__ = ["DATASETS", "POLICIES", "ConfigError", "DataConfig", "SimConfig"]
