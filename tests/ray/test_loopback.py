@@ -15,11 +15,11 @@ import ipaddress, json, os, sys
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from streamlearn.cli import loopback_ray  # what `streamlearn run` does first
 loopback_ray()
-from streamlearn.job import Job
+from streamlearn.cluster import start_ray  # what the job does
 import ray
 from ray_helpers import job_config
 
-Job(job_config())._start_ray()
+start_ray(job_config().ray)
 
 @ray.remote(num_cpus=0)
 class Probe:
