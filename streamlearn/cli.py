@@ -76,6 +76,7 @@ def _add_job(p: argparse.ArgumentParser, embedded: bool) -> None:
 _KAFKA_FLAGS = {
     "sasl_password": "--sasl-password-file / $STREAMLEARN_KAFKA_SASL_PASSWORD",
     "connect_timeout_ms": "connect_timeout_ms",
+    "client": "--kafka-client",
 }
 
 
@@ -91,7 +92,7 @@ def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
         raise CliError(str(exc).replace("kafka.sasl_password_file", "--sasl-password-file", 1)) from exc
     try:
         return KafkaSettings(**{f: getattr(kafka, f) for f in kafka.__dataclass_fields__
-                                if f != "sasl_password_file"}, sasl_password=password)
+                                if f in KafkaSettings.__dataclass_fields__}, sasl_password=password)
     except ValueError as exc:
         key, _, rest = str(exc).partition(": ")
         flag = _KAFKA_FLAGS.get(key, "--" + key.replace("_", "-") if key.isidentifier() else key)

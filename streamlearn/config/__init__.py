@@ -32,9 +32,9 @@ from streamlearn.config.runtime import (
 from streamlearn.config.stream import DATASETS, POLICIES, DataConfig, SimConfig
 
 __all__ = [
-    "CODECS", "DATASETS", "DIGITS_SHAPE", "ENV_IGNORED", "GUARDS", "MODELS", "OBJECTIVES", "OPTIMIZERS", "POLICIES",
-    "PS_MODES", "RAY_RESOURCES", "SASL_MECHANISMS", "SECURITY_PROTOCOLS", "SOURCES", "STALE_POLICIES",
-    "CheckpointConfig", "ConfigError", "DataConfig", "DivergenceConfig", "JobConfig", "JoinConfig", "KafkaConfig",
-    "MetricsConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "PSConfig", "RayConfig", "Section",
-    "SimConfig", "StopConfig", "build", "env_names", "load", "load_kafka", "service_link", "setting",
+    "CODECS", "DATASETS", "DIGITS_SHAPE", "ENV_IGNORED", "GUARDS", "KAFKA_CLIENTS", "MODELS", "OBJECTIVES",
+    "OPTIMIZERS", "POLICIES", "PS_MODES", "RAY_RESOURCES", "SASL_MECHANISMS", "SECURITY_PROTOCOLS", "SOURCES",
+    "STALE_POLICIES", "CheckpointConfig", "ConfigError", "DataConfig", "DivergenceConfig", "JobConfig", "JoinConfig",
+    "KafkaConfig", "MetricsConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "PSConfig", "RayConfig",
+    "Section", "SimConfig", "StopConfig", "build", "env_names", "load", "load_kafka", "service_link", "setting",
 ]

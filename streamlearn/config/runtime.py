@@ -12,6 +12,7 @@ PS_MODES = ("sync", "async", "bounded")
 STALE_POLICIES = ("drop", "downweight")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+KAFKA_CLIENTS = ("confluent", "kafka-python")
 RAY_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")  # Ray's own, not a placement label
 
 
@@ -114,6 +115,8 @@ class KafkaConfig(Section):
     sasl_username: str | None = setting(None, "SASL user", flag="--sasl-username")
     sasl_password_file: str | None = setting(None, "file holding the SASL password (else "
                                              "$STREAMLEARN_KAFKA_SASL_PASSWORD)", flag="--sasl-password-file")
+    client: str | None = setting(None, "Kafka client library (none: confluent when confluent-kafka is installed, "
+                                 "else kafka-python)", flag="--kafka-client", choices=KAFKA_CLIENTS)
 
     def password(self) -> str | None:
         """The SASL password: from ``sasl_password_file`` if set, else $STREAMLEARN_KAFKA_SASL_PASSWORD."""
