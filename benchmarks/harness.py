@@ -42,9 +42,8 @@ from streamlearn.events import Event
 from streamlearn.kafka_source import KafkaSettings, create_topics, produce_stream
 from streamlearn.simulate import DataConfig
 
-if TYPE_CHECKING:  # torch is imported only where a job runs: the peer subprocesses stay torch-free
+if TYPE_CHECKING:
     import numpy as np
-    import torch
 
 LOCAL_SH = Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "local.sh"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -229,7 +228,7 @@ def job_config(topics: Topics, workers: int = 1, classes: int = 10, n_features: 
     """
     from streamlearn import config
     from streamlearn.learner import OptimConfig
-    from streamlearn.paramserver import PSConfig
+    from streamlearn.ps import PSConfig
 
     s = topics.settings
     base: dict[str, Any] = {
@@ -263,7 +262,7 @@ class Stamp:
 @dataclass
 class JobRun:
     summary: dict[str, Any]
-    weights: list[torch.Tensor]
+    weights: list[np.ndarray]
     events: int  # inside the steady-state window
     seconds: float  # the window's length
     wall_seconds: float  # Job.run() including actor start
@@ -338,12 +337,9 @@ def run_job(cfg: Any, topics: Topics, profile: float = 0.0) -> JobRun:
     first shard (CPU time) for that many seconds from the moment the actors
     are ready (the job must last that long), and summarise into ``profile``.
     """
-    import torch
-
     from streamlearn.worker import tune_gc
 
     start_ray()
-    torch.set_num_threads(1)  # as the CLI does
     tune_gc()  # as the CLI's main does: the driver's collections delay the next step it sends (sync rounds wait)
     cls = _timed_job_class()
     cls.ready_event = threading.Event()
@@ -383,9 +379,9 @@ def run_job(cfg: Any, topics: Topics, profile: float = 0.0) -> JobRun:
                   round(busy, 3))
 
 
-def heldout_accuracy(model_cfg: Any, weights: list[torch.Tensor], data: Any) -> float:
+def heldout_accuracy(model_cfg: Any, weights: list[np.ndarray], data: Any) -> float:
     """Score final weights on ``Dataset(data).heldout()`` with streamlearn.evaluate.heldout_scores."""
-    import torch
+    import numpy as np
 
     from streamlearn.evaluate import heldout_scores
     from streamlearn.learner import Learner, OptimConfig
@@ -393,9 +389,8 @@ def heldout_accuracy(model_cfg: Any, weights: list[torch.Tensor], data: Any) -> 
     from streamlearn.simulate import Dataset
 
     learner = Learner(model_cfg, Objective(), OptimConfig())
-    with torch.no_grad():
-        for p, v in zip(learner.model.parameters(), weights, strict=True):
-            p.copy_(v)
+    for p, v in zip(learner.params, weights, strict=True):
+        np.copyto(p, v)
     ds = Dataset(data)
     x, y = ds.heldout()
     return float(heldout_scores(learner, x, y, ds.features(x))["heldout_accuracy"])

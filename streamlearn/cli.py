@@ -18,8 +18,6 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-import torch
-
 from streamlearn import config
 from streamlearn.codec import CODECS
 from streamlearn.config import JobConfig
@@ -29,7 +27,7 @@ from streamlearn.kafka_source import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaS
 from streamlearn.learner import OPTIMIZERS, OptimConfig
 from streamlearn.model import MODELS, ModelConfig
 from streamlearn.objective import OBJECTIVES, Objective
-from streamlearn.paramserver import PS_MODES, STALE_POLICIES
+from streamlearn.ps.config import PS_MODES, STALE_POLICIES
 from streamlearn.simulate import DATASETS, POLICIES, DataConfig, SimConfig
 from streamlearn.worker import tune_gc
 
@@ -456,7 +454,6 @@ COMMANDS = {"evaluate": cmd_evaluate, "demo": cmd_demo, "run": cmd_run, "predict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    torch.set_num_threads(1)  # micro-batches are tiny: threads cost more than they give
     tune_gc()  # evaluate and predict learn in this process
     try:
         args = build_parser().parse_args(argv)

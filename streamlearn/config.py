@@ -52,7 +52,7 @@ from streamlearn.learner import OptimConfig
 from streamlearn.metrics import MetricsConfig
 from streamlearn.model import ModelConfig
 from streamlearn.objective import Objective
-from streamlearn.paramserver import PSConfig
+from streamlearn.ps.config import PSConfig
 from streamlearn.simulate import DataConfig, SimConfig
 
 SOURCES = ("embedded", "kafka")

@@ -1,7 +1,7 @@
 """A worker: consume its partitions, join, micro-batch, compute gradients, push, pull.
 
 Plain Python: the Ray actor in :mod:`streamlearn.actors` wraps it, and the
-parameter servers are reached through a :class:`ParamClient`, so the worker
+parameter servers are reached through a :class:`~streamlearn.ps.client.ParamClient`, so the worker
 is testable without Ray or Kafka.
 
 One :meth:`Worker.step` polls until it holds a push's worth of examples (at
@@ -34,7 +34,7 @@ checkpoint or a recovery, and a draining step does), and a step's result
 credits only settled pushes. A reply's weights are merged
 as a delta, ``replica += server - replica_at_push`` (accumulators too), so the
 worker keeps its own newer local steps and one worker still reproduces the
-single-process loop (the merges: :mod:`streamlearn.replica`).
+single-process loop (the merges: :mod:`streamlearn.ps.replica`).
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ from streamlearn.cadence import PushCadence
 from streamlearn.events import Example
 from streamlearn.ingest import DeadLetter, Ingest
 from streamlearn.learner import BatchStats, Learner
-from streamlearn.paramserver import PSConfig, PushResult
-from streamlearn.replica import Replica
+from streamlearn.ps.client import ParamClient, PendingPush
+from streamlearn.ps.config import PSConfig
+from streamlearn.ps.replica import Replica
 from streamlearn.source import EventSource, TopicPartition
 
 log = logging.getLogger(__name__)
@@ -74,16 +75,6 @@ def tune_gc() -> None:
     and larger young collections lose nothing.
     """
     gc.set_threshold(50_000, 20, 100)
-
-
-class PendingPush(Protocol):
-    def result(self) -> tuple[PushResult, np.ndarray | None]:
-        """Wait for the servers' reply."""
-        ...
-
-    def done(self) -> bool:
-        """Whether the reply is there (result() would not wait)."""
-        ...
 
 
 class DeadLetters(Protocol):
@@ -106,28 +97,6 @@ class DeadLetters(Protocol):
 
 
 SINK_FLUSH_SECONDS = 10.0  # a snapshot waits this long for dead letters in flight; the rest go in it
-
-
-class ParamClient(Protocol):
-    def submit_update(self, worker: int, update: np.ndarray, count: int, version: int,
-                      pull: bool = False) -> PendingPush:
-        """Send a dense update (the change of ``count`` local steps) without waiting; with ``pull``, the reply
-        also carries the servers' flat state after applying it."""
-        ...
-
-    def submit_rows(self, worker: int, rows: np.ndarray, update: np.ndarray, count: int,
-                    version: int) -> PendingPush:
-        """Send a sparse model's update on ``rows`` (sorted) without waiting; the reply carries those rows'
-        state after applying it (a :class:`~streamlearn.learner.RowState` array)."""
-        ...
-
-    def pull(self) -> tuple[int, np.ndarray]:
-        """A dense model's flat state (weights and accumulators, :class:`~streamlearn.learner.FlatState`)."""
-        ...
-
-    def pull_rows(self, rows: np.ndarray) -> tuple[int, np.ndarray]:
-        """A sparse model's state (weights and accumulators) on ``rows`` (sorted)."""
-        ...
 
 
 @dataclass
@@ -297,7 +266,7 @@ class Worker:
         prepared, rows = None, None
         if self.row_updates:
             prepared = [self.learner.batch(b) for b in batches]
-            rows = np.unique(np.concatenate([p.inputs[0].numpy() for p in prepared]))  # (R,) the rows they touch
+            rows = np.unique(np.concatenate([p.inputs[0] for p in prepared]))  # (R,) the rows they touch
             self._pull_stale(rows, out)
         elif self._pull_due():
             self._pull(out)
@@ -309,7 +278,8 @@ class Worker:
         out.batch_seconds.append(time.perf_counter() - start)
         if kept:
             after = self.replica.state(rows)  # the update, and the base of the reply's merge
-            update = after - before
+            with np.errstate(invalid="ignore"):  # inf - inf: a non-finite update, caught just below
+                update = after - before
             if np.isfinite(update).all():
                 self._push(update, kept, out, pull=self._pull_due(after_push=True), state=after, rows=rows)
             else:
@@ -384,7 +354,7 @@ class Worker:
         out.dropped += result.dropped
         out.downweighted += result.downweighted
         self.pushes_since_pull += 1
-        if result.lr is not None and result.lr != self.learner.optimizer.param_groups[0]["lr"]:
+        if result.lr is not None and result.lr != self.learner.lr:
             self.learner.set_lr(result.lr)
         self.clip_norm = result.clip_norm
         if weights is not None:
