@@ -31,7 +31,7 @@ group i + 1 if the reply is already there (it usually is: a group's work is
 fresher; otherwise when it sends the next push. At most one push is in
 flight; :meth:`Worker.flush` settles it (the driver calls it before a
 checkpoint or a recovery, and a draining step does), and a step's result
-credits only settled pushes. A reply's weights are merged
+credits only settled pushes (this bookkeeping: :class:`~streamlearn.ps.exchange.Exchange`). A reply's weights are merged
 as a delta, ``replica += server - replica_at_push`` (accumulators too), so the
 worker keeps its own newer local steps and one worker still reproduces the
 single-process loop (the merges: :mod:`streamlearn.ps.replica`).
@@ -143,7 +143,7 @@ class Worker:
                  ps_cfg: PSConfig, dead_letters: DeadLetters | None = None,
                  max_records: int = 2000) -> None:
         self.id = worker
-        self.learner, self.ingest, self.source, self.ps, self.cfg = learner, ingest, source, ps, ps_cfg
+        self.learner, self.ingest, self.source, self.cfg = learner, ingest, source, ps_cfg
         self.dead_letters = dead_letters
         self.max_records = max_records
         self.buffer: list[Example] = []
