@@ -3,7 +3,7 @@
 Throughput of a job is measured from the first record consumed to the last,
 never from process or Ray start: :class:`TimedJob` waits, after building
 the actors, until every worker and parameter-server actor answers a call
-(constructed: torch imported, Kafka consumer connected, offsets resolved), so
+(constructed: Kafka consumer connected, offsets resolved), so
 the window opens just before the workers' first poll; it closes when the
 driver receives the last step result that consumed records (those records
 are then learned). ``events_per_second`` = all events in the topic / the
@@ -14,7 +14,7 @@ Memory is the peak of the summed RSS of this process (the Ray driver) and the
 job's actor processes (``ray::WorkerActor``, ``ray::ParamServerActor``),
 sampled every 0.2 s; ``peak_rss_ray_mb`` adds every other Ray process (GCS,
 raylet, agents). Summed RSS counts shared library pages once per process, so
-it overstates a little (each torch process maps ~250 MB of libraries).
+it overstates a little (each process maps its shared libraries once more).
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ def _timed_job_class() -> type:
         def _build(self) -> None:
             super()._build()
             ray.get([w.snapshot.remote() for w in self.workers] +
-                    [s.call.remote("norm_sq") for s in self.shards])  # every actor constructed
+                    [s.norm_sq.remote() for s in self.shards])  # every actor constructed
             self.pids = ray.get([a.__ray_call__.remote(lambda _self: os.getpid())
                                  for a in [*self.workers, *self.shards]])
             self.stamps = []
