@@ -9,7 +9,6 @@ one array replicas and servers exchange.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -96,9 +95,6 @@ class ModelState:
             for s, v in zip(self.sums, state["sums"], strict=True):
                 np.copyto(s, v)
         self.steps, self.lr = int(state["steps"]), float(state["lr"])
-
-    def copy(self) -> dict[str, Any]:
-        return copy.deepcopy(self.state_dict())
 
 
 class FlatState:
