@@ -28,7 +28,7 @@ def load_model(directory: str | Path) -> tuple[Learner, Schema, dict[str, Any]]:
     weights = merge([s["params"] for s in state["shards"]])
     for p, w in zip(learner.params, weights, strict=True):
         np.copyto(p, w)
-    schema = Schema(tuple(state["classes"]), model.n_features)
+    schema = Schema(tuple(state["classes"]), model.n_features, named_features=model.kind == "hashed")
     return learner, schema, {"checkpoint": str(path), "version": state["version"]}
 
 
