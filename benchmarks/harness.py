@@ -3,7 +3,7 @@
 Throughput of a job is measured from the first record consumed to the last,
 never from process or Ray start: :class:`TimedJob` waits, after building
 the actors, until every worker and parameter-server actor answers a call
-(constructed: torch imported, Kafka consumer connected, offsets resolved), so
+(constructed: Kafka consumer connected, offsets resolved), so
 the window opens just before the workers' first poll; it closes when the
 driver receives the last step result that consumed records (those records
 are then learned). ``events_per_second`` = all events in the topic / the
@@ -14,7 +14,7 @@ Memory is the peak of the summed RSS of this process (the Ray driver) and the
 job's actor processes (``ray::WorkerActor``, ``ray::ParamServerActor``),
 sampled every 0.2 s; ``peak_rss_ray_mb`` adds every other Ray process (GCS,
 raylet, agents). Summed RSS counts shared library pages once per process, so
-it overstates a little (each torch process maps ~250 MB of libraries).
+it overstates a little (each process maps its shared libraries once more).
 """
 
 from __future__ import annotations
@@ -42,9 +42,8 @@ from streamlearn.events import Event
 from streamlearn.kafka_source import KafkaSettings, create_topics, produce_stream
 from streamlearn.simulate import DataConfig
 
-if TYPE_CHECKING:  # torch is imported only where a job runs: the peer subprocesses stay torch-free
+if TYPE_CHECKING:
     import numpy as np
-    import torch
 
 LOCAL_SH = Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "local.sh"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -223,7 +222,7 @@ def job_config(topics: Topics, workers: int = 1, classes: int = 10, n_features: 
     """
     from streamlearn import config
     from streamlearn.learner import OptimConfig
-    from streamlearn.paramserver import PSConfig
+    from streamlearn.ps import PSConfig
 
     s = topics.settings
     base: dict[str, Any] = {
@@ -257,7 +256,7 @@ class Stamp:
 @dataclass
 class JobRun:
     summary: dict[str, Any]
-    weights: list[torch.Tensor]
+    weights: list[np.ndarray]
     events: int  # inside the steady-state window
     seconds: float  # the window's length
     wall_seconds: float  # Job.run() including actor start
@@ -299,7 +298,7 @@ def _timed_job_class() -> type:
         def _build(self) -> None:
             super()._build()
             ray.get([w.snapshot.remote() for w in self.workers] +
-                    [s.call.remote("norm_sq") for s in self.shards])  # every actor constructed
+                    [s.norm_sq.remote() for s in self.shards])  # every actor constructed
             self.pids = ray.get([a.__ray_call__.remote(lambda _self: os.getpid())
                                  for a in [*self.workers, *self.shards]])
             self.stamps = []
@@ -332,12 +331,9 @@ def run_job(cfg: Any, topics: Topics, profile: float = 0.0) -> JobRun:
     first shard (CPU time) for that many seconds from the moment the actors
     are ready (the job must last that long), and summarise into ``profile``.
     """
-    import torch
-
     from streamlearn.worker import tune_gc
 
     start_ray()
-    torch.set_num_threads(1)  # as the CLI does
     tune_gc()  # as the CLI's main does: the driver's collections delay the next step it sends (sync rounds wait)
     cls = _timed_job_class()
     cls.ready_event = threading.Event()
@@ -377,9 +373,9 @@ def run_job(cfg: Any, topics: Topics, profile: float = 0.0) -> JobRun:
                   round(busy, 3))
 
 
-def heldout_accuracy(model_cfg: Any, weights: list[torch.Tensor], data: Any) -> float:
+def heldout_accuracy(model_cfg: Any, weights: list[np.ndarray], data: Any) -> float:
     """Score final weights on ``Dataset(data).heldout()`` with streamlearn.evaluate.heldout_scores."""
-    import torch
+    import numpy as np
 
     from streamlearn.evaluate import heldout_scores
     from streamlearn.learner import Learner, OptimConfig
@@ -387,9 +383,8 @@ def heldout_accuracy(model_cfg: Any, weights: list[torch.Tensor], data: Any) -> 
     from streamlearn.simulate import Dataset
 
     learner = Learner(model_cfg, Objective(), OptimConfig())
-    with torch.no_grad():
-        for p, v in zip(learner.model.parameters(), weights, strict=True):
-            p.copy_(v)
+    for p, v in zip(learner.params, weights, strict=True):
+        np.copyto(p, v)
     ds = Dataset(data)
     x, y = ds.heldout()
     return float(heldout_scores(learner, x, y, ds.features(x))["heldout_accuracy"])

@@ -23,8 +23,8 @@ End-to-end rows (the issue "Kafka ingestion"):
 * ``job_1w`` / ``job_2w`` (and ``job_2w_b32``, micro-batch 32) -- what ``streamlearn run`` does: a
   :class:`streamlearn.job.Job` (Kafka source, async parameter server,
   defaults otherwise) on a local Ray started once. Throughput excludes Ray
-  and actor start: the window runs from every actor being constructed (torch
-  imported, consumer connected) to the driver receiving the last step result
+  and actor start: the window runs from every actor being constructed
+  (consumer connected) to the driver receiving the last step result
   that consumed records (see benchmarks/harness.py).
   ``wall_seconds_incl_ray_actor_start`` is Job.run() as a whole.
 
@@ -57,7 +57,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import harness
-import torch
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
@@ -69,7 +68,7 @@ from streamlearn.kafka_source import KafkaSettings, KafkaSource, SourceConfig, c
 from streamlearn.learner import Learner, OptimConfig
 from streamlearn.model import ModelConfig
 from streamlearn.objective import Objective
-from streamlearn.paramserver import PSConfig
+from streamlearn.ps import PSConfig
 from streamlearn.simulate import DataConfig, SimConfig, Simulator
 from streamlearn.source import Record
 from streamlearn.worker import tune_gc
@@ -431,7 +430,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="also py-spy a 1-worker JSON job for this long (0: no profile)")
     args = p.parse_args(argv)
     codecs = args.codec or ["json", "binary"]
-    torch.set_num_threads(1)  # as `streamlearn` does (cli.main): micro-batches are tiny
     wanted = [w.strip() for w in args.rows.split(",") if w.strip()]
     unknown = sorted(set(wanted) - set(names))
     if unknown:

@@ -36,7 +36,6 @@ from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from streamlearn.events import Example
 from streamlearn.learner import BatchStats, Learner, OptimConfig
@@ -106,7 +105,6 @@ def main() -> None:
     p.add_argument("--records", type=int, default=2000, help="records per worker step (JobConfig.max_records)")
     p.add_argument("--grads-per-push", type=int, default=32)
     args = p.parse_args()
-    torch.set_num_threads(1)  # as the CLI does: micro-batches are tiny
 
     micro_batches = args.records // 2 // args.batch_size  # a prediction and its feedback make one example
     train = training_step(args.batch_size, args.features, args.classes)

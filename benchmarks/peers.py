@@ -252,16 +252,15 @@ def run_streamlearn(workers: int, topics: harness.Topics, d: Data, max_seconds: 
 
 
 def _heldout(model_cfg: Any, weights: Any, d: Data) -> float:
-    import torch
+    import numpy as np
 
     from streamlearn.evaluate import heldout_scores
     from streamlearn.learner import Learner, OptimConfig
     from streamlearn.objective import Objective
 
     learner = Learner(model_cfg, Objective(), OptimConfig())
-    with torch.no_grad():
-        for p, v in zip(learner.model.parameters(), weights, strict=True):
-            p.copy_(v)
+    for p, v in zip(learner.params, weights, strict=True):
+        np.copyto(p, v)
     x, y, feats = harness.heldout_set(d.data)
     m = d.heldout
     return float(heldout_scores(learner, x[:m], y[:m], feats[:m])["heldout_accuracy"])

@@ -1,29 +1,29 @@
-"""The Ray wiring: parameter-server and worker actors, and the client between them.
+"""The Ray wiring: parameter-server and worker actors.
 
 The only module that applies ``ray.remote``. The logic lives in plain classes
-(:class:`~streamlearn.paramserver.Shard`, :class:`~streamlearn.worker.Worker`).
+(:class:`~streamlearn.ps.shard.Shard`, :class:`~streamlearn.worker.Worker`);
+workers reach the servers through :class:`~streamlearn.ps.client.RayParamClient`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-import struct
+import sys
 import time
-import uuid
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import ray
-import torch
 
 from streamlearn.cluster import INLINE_BYTES as INLINE_BYTES
 from streamlearn.cluster import INLINE_ENV as INLINE_ENV
 from streamlearn.cluster import inline_larger_calls as inline_larger_calls
 from streamlearn.learner import OptimConfig
-from streamlearn.model import ModelConfig, build_model
-from streamlearn.paramserver import InOrder, Layout, PSConfig, PushResult, RowLayout, Shard, combine
+from streamlearn.model import ModelConfig
+from streamlearn.ps.client import RayParamClient
+from streamlearn.ps.config import PSConfig
+from streamlearn.ps.shard import InOrder, Shard
+from streamlearn.ps.wire import PushResult, UpdateHead, pack_reply, unpack_rows, unpack_update
 from streamlearn.worker import StepResult, tune_gc
 
 ACTOR_SHARE = 0.001  # of the placement resource per actor: pods offer 1000, so it never limits the count
@@ -42,7 +42,6 @@ class ParamServerActor:
     """One shard. Async actor: a sync-mode push waits for its round to close."""
 
     def __init__(self, index: int, cfg: PSConfig, model: ModelConfig, optim: OptimConfig, workers: int) -> None:
-        torch.set_num_threads(1)
         self.shard = Shard(index, cfg, model, optim)
         self.cfg, self.workers = cfg, workers
         self._closed = asyncio.Event()
@@ -50,12 +49,12 @@ class ParamServerActor:
         self._deadline: asyncio.TimerHandle | None = None  # the open round's timeout
         self._round_size = 0
         self._order = InOrder()
-        self._width = sum(p.numel() for p in self.shard.params)  # columns of this shard's flat state
+        self._width = sum(p.size for p in self.shard.params)  # columns of this shard's flat state
         self._state_rows = len(self.shard.flat().rows)  # weights, and Adagrad's sums if any
 
     async def push_update(self, message: bytes) -> bytes:
-        """A dense model's update, packed by :func:`pack_update`: one addition, however many steps it carries
-        (sync mode: the round's average, once the round closed). The reply is packed by :func:`pack_reply`."""
+        """A dense model's update (:func:`~streamlearn.ps.wire.pack_update`): one addition, however many steps
+        it carries (sync mode: the round's average, once the round closed); the reply packed by ``pack_reply``."""
         start = time.perf_counter()
         head, update = unpack_update(message, self._width)
         await self._order.turn(head.client.hex(), head.seq)
@@ -68,8 +67,8 @@ class ParamServerActor:
         return pack_reply(result, state)
 
     async def push_rows(self, message: bytes) -> bytes:
-        """A sparse model's update, packed by :func:`pack_rows`: added to its rows (sync mode: averaged into
-        the round); the reply, packed by :func:`pack_reply`, carries those rows' state after."""
+        """A sparse model's update (:func:`~streamlearn.ps.wire.pack_rows`): added to its rows (sync mode:
+        averaged into the round); the reply (``pack_reply``) carries those rows' state after."""
         start = time.perf_counter()
         head, rows, update = unpack_rows(message, self._state_rows)
         await self._order.turn(head.client.hex(), head.seq)
@@ -124,154 +123,44 @@ class ParamServerActor:
         if self.cfg.mode == "sync" and self.shard.round and len(self.shard.round) >= workers:
             self._close_round()
 
-    async def call(self, method: str, *args: Any) -> Any:
-        """Guard and checkpoint operations on the shard: state, load, mark_good, rollback, scale_lr, ..."""
-        if method == "set_clip":
-            self.shard.clip_norm = args[0]
-            return None
-        result = getattr(self.shard, method)(*args)
-        if method == "load":  # recovery: pushes waiting on the old round belong to discarded steps
-            self._round += 1
-            self._closed.set()
-            self._closed = asyncio.Event()
-        return result
+    # -- guard and checkpoint operations (the driver's) ----------------------
 
+    async def norm_sq(self) -> float:
+        return self.shard.norm_sq()
 
-class RayParamClient:
-    """Pushes to and pulls from every shard; shard 0's version is the model's."""
+    async def weights(self) -> list[np.ndarray]:
+        """This shard's rows of every parameter."""
+        return self.shard.weights()
 
-    def __init__(self, shards: Sequence[Any], layout: Layout, rows_layout: RowLayout | None = None) -> None:
-        self.shards = list(shards)
-        self.layout = layout  # a dense model's flat states
-        self.rows_layout = rows_layout  # a sparse model's row states
-        self.token = uuid.uuid4().bytes  # this client's pushes are applied in the order of ``seq``
-        self.seq = 0
+    async def snapshot(self) -> dict[str, Any]:
+        """The shard's state for a checkpoint (plain arrays)."""
+        return self.shard.snapshot()
 
-    @classmethod
-    def of(cls, shards: Sequence[Any], model: ModelConfig) -> RayParamClient:
-        full = build_model(model)
-        shapes, rows = tuple(tuple(p.shape) for p in full.parameters()), full.row_params()
-        return cls(shards, Layout(shapes, len(shards)), RowLayout.of(shapes, rows, len(shards)) if rows else None)
+    async def load(self, state: dict[str, Any]) -> None:
+        """Take a checkpoint's state; pushes waiting on the old round belong to discarded steps."""
+        self.shard.load(state)
+        self._round += 1
+        self._closed.set()
+        self._closed = asyncio.Event()
 
-    @property
-    def rows(self) -> RowLayout:
-        if self.rows_layout is None:
-            raise TypeError("row updates need a model with row parameters (the hashed model)")
-        return self.rows_layout
+    async def mark_good(self) -> None:
+        self.shard.mark_good()
 
-    def submit_update(self, worker: int, update: np.ndarray, count: int, version: int,
-                      pull: bool = False) -> _Pending:
-        self.seq += 1
-        head = UpdateHead(self.token, self.seq, worker, version, count, pull)
-        return _Pending([s.push_update.remote(pack_update(head, u))
-                         for s, u in zip(self.shards, self.layout.split(update), strict=True)],
-                        lambda replies: self._update_reply(replies, count, len(update)))
+    async def has_good(self) -> bool:
+        return self.shard.has_good()
 
-    def _update_reply(self, replies: list[bytes], count: int, state_rows: int) -> tuple[PushResult, np.ndarray | None]:
-        results = [unpack_reply(r, count, state_rows) for r in replies]
-        states = [r[1] for r in results if r[1] is not None]
-        return combine([r[0] for r in results]), (self.layout.merge(states) if states else None)
+    async def rollback(self) -> bool:
+        return self.shard.rollback()
 
-    def submit_rows(self, worker: int, rows: np.ndarray, update: np.ndarray, count: int, version: int) -> _Pending:
-        self.seq += 1
-        head = UpdateHead(self.token, self.seq, worker, version, count, True)
-        parts = self.rows.split(rows, update)
-        counts = [len(r) for r, _ in parts]
-        refs = [s.push_rows.remote(pack_rows(head, r, u)) for s, (r, u) in zip(self.shards, parts, strict=True)]
-        return _Pending(refs, lambda replies: self._rows_reply(replies, count, len(update), counts))
+    async def scale_lr(self, factor: float) -> None:
+        self.shard.scale_lr(factor)
 
-    def _rows_reply(self, replies: list[bytes], count: int, state_rows: int,
-                    counts: list[int]) -> tuple[PushResult, np.ndarray]:
-        results = [unpack_reply(r, count, state_rows) for r in replies]
-        return combine([r[0] for r in results]), self.rows.merge([r[1] for r in results if r[1] is not None],
-                                                                 counts)
+    async def set_clip(self, clip_norm: float | None) -> None:
+        self.shard.clip_norm = clip_norm
 
-    def pull_rows(self, rows: np.ndarray) -> tuple[int, np.ndarray]:
-        parts = self.rows.cut(rows)
-        results = ray.get([s.pull_rows.remote(r) for s, r in zip(self.shards, parts, strict=True)])
-        return results[0][0], self.rows.merge([r[1] for r in results], [len(r) for r in parts])
-
-    def pull(self) -> tuple[int, np.ndarray]:
-        results = ray.get([s.pull.remote() for s in self.shards])
-        return results[0][0], self.layout.merge([r[1] for r in results])
-
-
-class _Pending:
-    """The shards' replies to one push, fetched (and joined by ``finish``) when the worker settles it."""
-
-    def __init__(self, refs: list[Any], finish: Callable[[list[Any]], tuple[PushResult, Any]]) -> None:
-        self.refs, self.finish = refs, finish
-
-    def result(self) -> tuple[PushResult, Any]:
-        return self.finish(ray.get(self.refs))
-
-    def done(self) -> bool:
-        ready, _ = ray.wait(self.refs, num_returns=len(self.refs), timeout=0, fetch_local=False)
-        return len(ready) == len(self.refs)
-
-
-# -- an update push on the wire ----------------------------------------------------
-# Ray serialises each argument of a call on its own, ~15-20 us apiece for small ones, and a bytes
-# argument for next to nothing; a push is on the workers' hot path, so an update and its reply each
-# travel as one bytes object: a fixed little-endian header, then the float64 update / float32 state.
-
-
-class UpdateHead(NamedTuple):
-    client: bytes  # 16 bytes: the sending client (pushes of one client apply in ``seq`` order)
-    seq: int
-    worker: int
-    version: int  # the version the update's first step started from
-    steps: int  # gradients (local optimizer steps) the update carries
-    pull: bool  # the reply carries the shard's state after applying it
-
-
-_UPDATE_HEAD = struct.Struct("<16sqiqi?")
-_ROWS = struct.Struct("<q")  # a sparse update's row count
-# version, applied, dropped, downweighted, staleness, lr, clip (NaN: none), held seconds
-_REPLY_HEAD = struct.Struct("<qiiiqddd")
-
-
-def pack_update(head: UpdateHead, update: np.ndarray) -> bytes:
-    return _UPDATE_HEAD.pack(*head) + np.ascontiguousarray(update, dtype=np.float64).tobytes()
-
-
-def unpack_update(message: bytes, width: int) -> tuple[UpdateHead, np.ndarray]:
-    head = UpdateHead(*_UPDATE_HEAD.unpack_from(message))
-    update = np.frombuffer(message, dtype=np.float64, offset=_UPDATE_HEAD.size).reshape(-1, width)
-    return head, update
-
-
-def pack_reply(result: PushResult, state: np.ndarray | None) -> bytes:
-    stale = result.staleness[0] if result.staleness else 0
-    clip = math.nan if result.clip_norm is None else result.clip_norm
-    head = _REPLY_HEAD.pack(result.version, result.applied, result.dropped, result.downweighted, stale,
-                            result.lr if result.lr is not None else math.nan, clip, result.held)
-    return head if state is None else head + np.ascontiguousarray(state, dtype=np.float32).tobytes()
-
-
-def pack_rows(head: UpdateHead, rows: np.ndarray, update: np.ndarray) -> bytes:
-    """A sparse model's update: the header, the row count, the rows (int64), the float64 (A, W) update."""
-    return (_UPDATE_HEAD.pack(*head) + _ROWS.pack(len(rows)) + np.ascontiguousarray(rows, dtype=np.int64).tobytes()
-            + np.ascontiguousarray(update, dtype=np.float64).tobytes())
-
-
-def unpack_rows(message: bytes, state_rows: int) -> tuple[UpdateHead, np.ndarray, np.ndarray]:
-    head = UpdateHead(*_UPDATE_HEAD.unpack_from(message))
-    (n,) = _ROWS.unpack_from(message, _UPDATE_HEAD.size)
-    at = _UPDATE_HEAD.size + _ROWS.size
-    rows = np.frombuffer(message, dtype=np.int64, count=n, offset=at)
-    update = np.frombuffer(message, dtype=np.float64, offset=at + 8 * n).reshape(state_rows, -1)
-    return head, rows, update
-
-
-def unpack_reply(message: bytes, count: int, rows: int) -> tuple[PushResult, np.ndarray | None]:
-    version, applied, dropped, downweighted, stale, lr, clip, held = _REPLY_HEAD.unpack_from(message)
-    result = PushResult(applied=applied, dropped=dropped, downweighted=downweighted, staleness=[stale] * count,
-                        kept=[not dropped] * count, version=version, lr=None if math.isnan(lr) else lr,
-                        clip_norm=None if math.isnan(clip) else clip, held=held)
-    if len(message) == _REPLY_HEAD.size:
-        return result, None
-    return result, np.frombuffer(message, dtype=np.float32, offset=_REPLY_HEAD.size).reshape(rows, -1)
+    async def imported(self, module: str) -> bool:
+        """Whether this actor's process has imported ``module`` (tests: no torch in a linear job)."""
+        return module in sys.modules
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
@@ -279,7 +168,6 @@ class WorkerActor:
     """A worker on its partitions; built from the job config inside the actor's process."""
 
     def __init__(self, worker: int, cfg: Any, partitions: list[int], shards: list[Any]) -> None:
-        torch.set_num_threads(1)
         tune_gc()
         from streamlearn.job import build_worker
 
@@ -306,3 +194,7 @@ class WorkerActor:
             close()
         if self.worker.dead_letters is not None:
             self.worker.dead_letters.close()
+
+    def imported(self, module: str) -> bool:
+        """Whether this actor's process has imported ``module`` (tests: no torch in a linear job)."""
+        return module in sys.modules

@@ -7,10 +7,13 @@ examples not yet learned, and the lineage counts of examples applied per
 partition and polarity). Restoring it and seeking to its offsets gives every
 event's update exactly once in the model that survives.
 
-File format: ``SLCK1\\n`` + sha256 of the payload (32 bytes) + the payload
-(``torch.save`` of a dict). Written to a temp file, fsynced, then renamed, so
-a crash leaves either the old set or the new file, never half of one. A file
-whose digest does not match is reported and skipped.
+File format 2: ``SLCK2\\n`` + sha256 of the payload (32 bytes) + the payload
+(a pickled dict of plain numbers, numpy arrays and events). Written to a temp
+file, fsynced, then renamed, so a crash leaves either the old set or the new
+file, never half of one. A file whose digest does not match is reported and
+skipped. Format 1 (``SLCK1\\n``, a ``torch.save`` payload with torch tensors
+and torch optimizer state) still loads: reading one imports torch and turns
+its shards into format 2's (:func:`_upgraded_shard`).
 
 Events in the join state and the buffer are pickled as they are. Files
 written while events were dataclasses (before they became msgspec structs)
@@ -31,13 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import torch
 
 from streamlearn import events
 from streamlearn.config.runtime import CheckpointConfig as CheckpointConfig
 
 log = logging.getLogger(__name__)
-MAGIC = b"SLCK1\n"
+FORMAT = 2
+MAGIC = b"SLCK2\n"
+MAGIC_V1 = b"SLCK1\n"  # torch-saved; read, never written
 PATTERN = "checkpoint-*.slck"
 
 
@@ -56,9 +60,7 @@ def save(directory: str | Path, state: dict[str, Any], keep: int = 3) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     for stale in d.glob(f".{PATTERN}.tmp"):
         stale.unlink(missing_ok=True)
-    buf = io.BytesIO()
-    torch.save({**state, "saved_at": time.time()}, buf)
-    payload = buf.getvalue()
+    payload = pickle.dumps({**state, "saved_at": time.time()}, protocol=pickle.HIGHEST_PROTOCOL)
     stamps = [int(p.stem.removeprefix("checkpoint-")) for p in d.glob(PATTERN)
               if p.stem.removeprefix("checkpoint-").isdigit()]
     name = f"checkpoint-{max([time.time_ns(), *(s + 1 for s in stamps)]):020d}.slck"
@@ -81,17 +83,43 @@ def save(directory: str | Path, state: dict[str, Any], keep: int = 3) -> Path:
 
 def read(path: str | Path) -> dict[str, Any]:
     raw = Path(path).read_bytes()
-    if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + 32:
+    magic = raw[: len(MAGIC)]
+    if magic not in (MAGIC, MAGIC_V1) or len(raw) < len(MAGIC) + 32:
         raise CorruptCheckpoint(f"{path}: not a streamlearn checkpoint (bad header)")
     digest, payload = raw[len(MAGIC) : len(MAGIC) + 32], raw[len(MAGIC) + 32 :]
     if hashlib.sha256(payload).digest() != digest:
         raise CorruptCheckpoint(f"{path}: checksum mismatch (partial or corrupt file)")
     before = _LegacyEvent.placeholders
     try:
-        state: dict[str, Any] = torch.load(io.BytesIO(payload), weights_only=False, pickle_module=_PICKLE)
+        if magic == MAGIC:
+            state: dict[str, Any] = _Unpickler(io.BytesIO(payload)).load()
+        else:
+            state = _read_v1(payload)
     except Exception as exc:
         raise CorruptCheckpoint(f"{path}: unreadable payload: {exc}") from exc
     return _upgraded(state) if _LegacyEvent.placeholders > before else state
+
+
+def _read_v1(payload: bytes) -> dict[str, Any]:
+    """A format-1 payload (``torch.save``), its shards in format 2's plain arrays."""
+    import torch  # only old files need it
+
+    state: dict[str, Any] = torch.load(io.BytesIO(payload), weights_only=False, pickle_module=_PICKLE)
+    if "shards" in state:
+        state["shards"] = [_upgraded_shard(s) for s in state["shards"]]
+    state["format"] = FORMAT
+    return state
+
+
+def _upgraded_shard(shard: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 shard (torch parameters and a torch SGD/Adagrad ``state_dict``) as a format-2 one."""
+    params = [p.detach().numpy().copy() for p in shard["params"]]
+    optimizer = shard["optimizer"]
+    per_param = optimizer["state"]  # index -> {"step", "sum"} (Adagrad); empty for SGD
+    sums = [per_param[i]["sum"].numpy().copy() for i in range(len(params)) if "sum" in per_param.get(i, {})]
+    steps = max((int(float(s["step"])) for s in per_param.values() if "step" in s), default=0)
+    return {"index": shard["index"], "params": params, "sums": sums if len(sums) == len(params) else [],
+            "steps": steps, "lr": float(optimizer["param_groups"][0]["lr"]), "version": shard["version"]}
 
 
 def latest(directory: str | Path | None) -> tuple[Path, dict[str, Any]] | None:

@@ -32,16 +32,13 @@ bounds the gradient norm, ``lower-lr`` multiplies the learning rate by
 from __future__ import annotations
 
 import bisect
-import copy
 import math
 from collections import Counter
 from typing import Any
 
-import torch
-
 from streamlearn.config.learning import GUARDS as GUARDS
 from streamlearn.config.learning import DivergenceConfig as DivergenceConfig
-from streamlearn.model import weight_norm
+from streamlearn.ps.state import ModelState
 
 KINDS = ("non_finite", "loss_spike", "norm_growth")
 
@@ -148,12 +145,12 @@ class Guard:
     at once.
     """
 
-    def __init__(self, cfg: DivergenceConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, cfg: DivergenceConfig, state: ModelState) -> None:
         self.cfg = cfg
         self.detector = DivergenceDetector(cfg)
-        self.model, self.optimizer = model, optimizer
+        self.state = state
         self.rollbacks = 0
-        self._good: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._good: dict[str, Any] | None = None
         self._next_good = 0  # the first healthy observation saves one
         self._pool = [0.0, 0, 0, 0.0, 0]  # loss x examples, examples, updates, positives' loss, positives
 
@@ -182,21 +179,19 @@ class Guard:
             return []
         mean, updates = pool[0] / pool[1], int(pool[2])
         self._pool = [0.0, 0, 0, 0.0, 0]
-        fired = self.detector.observe(mean, weight_norm(self.model), True, updates=updates,
+        fired = self.detector.observe(mean, self.state.norm(), True, updates=updates,
                                       positives=(pool[3], int(pool[4])))
         if any(k != "non_finite" for k in fired):
             self._act()
         elif not self.diverging and self.detector.updates >= self._next_good:
-            self._good = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+            self._good = self.state.state_dict()
             self._next_good = self.detector.updates + self.cfg.good_every
         return fired
 
     def _act(self) -> None:
         if self.cfg.guard == "lower-lr":
-            for group in self.optimizer.param_groups:
-                group["lr"] *= self.cfg.lr_factor
+            self.state.lr *= self.cfg.lr_factor
         elif self.cfg.guard == "rollback" and self._good is not None:
-            self.model.load_state_dict(self._good[0])
-            self.optimizer.load_state_dict(copy.deepcopy(self._good[1]))
+            self.state.load_state_dict(self._good)  # copied in: the saved arrays stay as they are
             self.rollbacks += 1
             self.detector.reset_history()

@@ -14,14 +14,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import torch
 
 from streamlearn.divergence import DivergenceConfig
 from streamlearn.events import Schema
 from streamlearn.ingest import Ingest
 from streamlearn.join import JoinConfig
 from streamlearn.learner import Learner, OptimConfig
-from streamlearn.model import ModelConfig, weight_norm
+from streamlearn.model import ModelConfig
 from streamlearn.objective import Objective
 from streamlearn.simulate import DataConfig, SimConfig, Simulator
 from streamlearn.source import MemorySource
@@ -56,7 +55,6 @@ def heldout_scores(learner: Learner, x: np.ndarray, y: np.ndarray, features: lis
 
 def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run one objective over the simulated stream; returns the JSON summary."""
-    torch.manual_seed(cfg.model.seed)
     learner_box: list[Learner] = []
 
     def live_scorer(x: np.ndarray) -> np.ndarray:
@@ -80,8 +78,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
     seconds = time.perf_counter() - start
     x, y = sim.data.heldout()
     p, s = trainer.progress, trainer.progress.stats
-    norm = weight_norm(learner.model)
-    finite = math.isfinite(norm) and all(bool(torch.isfinite(q).all()) for q in learner.model.parameters())
+    norm = learner.state.norm()
+    finite = math.isfinite(norm) and all(bool(np.isfinite(q).all()) for q in learner.params)
     diverged = not finite or sum(p.divergence.values()) > 0
     joins = ingest.join_counts()
     out: dict[str, Any] = {

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import ray
-import torch
 from ray.exceptions import RayError
 
 from streamlearn import checkpoint
@@ -36,7 +36,7 @@ from streamlearn.evaluate import heldout_scores
 from streamlearn.ingest import Ingest
 from streamlearn.learner import BatchStats, Learner
 from streamlearn.metrics import Metrics
-from streamlearn.paramserver import merge
+from streamlearn.ps import merge
 from streamlearn.simulate import Dataset, Simulator
 from streamlearn.source import EventSource, MemorySource
 from streamlearn.worker import DeadLetters, ParamClient, StepResult, Worker, regroup, step_records
@@ -185,7 +185,7 @@ class Job:
                        for i in range(cfg.ps.shards)]
         self.workers = [worker.remote(w, cfg, parts, self.shards) for w, parts in enumerate(self.assignment)]
         # every actor constructed (sources connected, servers built) before any idle clock starts
-        ray.get([w.ready.remote() for w in self.workers] + [s.call.remote("norm_sq") for s in self.shards])
+        ray.get([w.ready.remote() for w in self.workers] + [s.norm_sq.remote() for s in self.shards])
         self.metrics.workers.set(len(self.workers))
 
     def run(self) -> dict[str, Any]:
@@ -374,7 +374,7 @@ class Job:
         self.lineage.update(r.applied)
 
     def _weight_norm(self) -> float:
-        return math.sqrt(sum(ray.get([s.call.remote("norm_sq") for s in self.shards])))
+        return math.sqrt(sum(ray.get([s.norm_sq.remote() for s in self.shards])))
 
     def _guard(self, norm: float) -> None:
         """Feed the detector what happened since the last look; act on a divergence."""
@@ -394,20 +394,20 @@ class Job:
         g = self.cfg.divergence
         if any(k != "non_finite" for k in fired) or not math.isfinite(norm):  # not finite weights: act too
             # all shards or none: a restarted shard has no good state until the next mark_good
-            if g.guard == "rollback" and all(ray.get([s.call.remote("has_good") for s in self.shards])):
-                ray.get([s.call.remote("rollback") for s in self.shards])
+            if g.guard == "rollback" and all(ray.get([s.has_good.remote() for s in self.shards])):
+                ray.get([s.rollback.remote() for s in self.shards])
                 self.rollbacks += 1
                 self.metrics.rollbacks.inc()
                 self.detector.reset_history()
             elif g.guard == "lower-lr":
-                ray.get([s.call.remote("scale_lr", g.lr_factor) for s in self.shards])
+                ray.get([s.scale_lr.remote(g.lr_factor) for s in self.shards])
             elif g.guard == "clip":
-                ray.get([s.call.remote("set_clip", g.clip_norm) for s in self.shards])
+                ray.get([s.set_clip.remote(g.clip_norm) for s in self.shards])
         elif not self.detector.diverging:
             if g.guard == "clip":
-                ray.get([s.call.remote("set_clip", None) for s in self.shards])
+                ray.get([s.set_clip.remote(None) for s in self.shards])
             if t.updates - self._good_at >= g.good_every:
-                ray.get([s.call.remote("mark_good") for s in self.shards])
+                ray.get([s.mark_good.remote() for s in self.shards])
                 self._good_at = t.updates
         self.metrics.diverging.set(1 if self.detector.diverging else 0)
 
@@ -443,10 +443,10 @@ class Job:
             self._send(inflight, w)
 
     def _state(self) -> dict[str, Any]:
-        shards = ray.get([s.call.remote("state") for s in self.shards])
+        shards = ray.get([s.snapshot.remote() for s in self.shards])
         workers = ray.get([w.snapshot.remote() for w in self.workers])
         return {
-            "format": 1,
+            "format": checkpoint.FORMAT,
             "version": shards[0]["version"],
             "shards": shards,
             "workers": workers,
@@ -478,9 +478,9 @@ class Job:
             log.warning("checkpoint partitions %s are read by %d workers now, as %s", state["assignment"],
                         len(self.assignment), self.assignment)
             workers = regroup(workers, self.assignment)
-        ray.get([s.call.remote("load", st) for s, st in zip(self.shards, state["shards"], strict=True)])
+        ray.get([s.load.remote(st) for s, st in zip(self.shards, state["shards"], strict=True)])
         ray.get([w.restore.remote(st) for w, st in zip(self.workers, workers, strict=True)])
-        ray.get([s.call.remote("mark_good") for s in self.shards])  # the restored state is the good one now
+        ray.get([s.mark_good.remote() for s in self.shards])  # the restored state is the good one now
         self._good_at = self.totals.updates
         self.lineage = Counter(state["lineage"])
 
@@ -526,8 +526,8 @@ class Job:
         return (f"{t.records} records, {t.stats.positive}+/{t.stats.negative}- examples, progressive accuracy "
                 f"{acc:.3f}, {t.updates} updates, {t.records / max(seconds, 1e-9):.0f} records/s")
 
-    def final_weights(self) -> list[torch.Tensor]:
-        states = ray.get([s.call.remote("weights") for s in self.shards])
+    def final_weights(self) -> list[np.ndarray]:
+        states = ray.get([s.weights.remote() for s in self.shards])
         return merge(states)
 
     def _summary(self, seconds: float) -> dict[str, Any]:
@@ -581,9 +581,8 @@ class Job:
         self.weights = self.final_weights()  # kept for callers after the actors are gone
         if cfg.source == "embedded":
             learner = Learner(cfg.model, cfg.objective, cfg.optim)
-            with torch.no_grad():
-                for p, v in zip(learner.model.parameters(), self.weights, strict=True):
-                    p.copy_(v)
+            for p, v in zip(learner.params, self.weights, strict=True):
+                np.copyto(p, v)
             data = Dataset(cfg.data)
             x, y = data.heldout()
             out.update(heldout_scores(learner, x, y, data.features(x)))

@@ -35,7 +35,7 @@ the softmax sums and g_b in float64). A micro-batch whose
 weighted loss is not finite, or whose gradient norm is not <= ``max_norm``,
 is not applied. Otherwise the gradient is scaled by ``clip / norm`` when its
 norm is above ``clip``, and the step is the float32 arithmetic of
-:func:`streamlearn.learner.step`::
+:meth:`streamlearn.ps.state.ModelState.step`::
 
     SGD:      W -= lr g
     Adagrad:  S += g * g;   W -= lr g / (sqrt(S) + eps)

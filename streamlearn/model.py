@@ -1,8 +1,12 @@
 """Softmax models: dense linear, a small MLP, and a hashed-sparse linear model.
 
 Each model turns a list of feature values (dense vectors or name -> value
-mappings, see :mod:`streamlearn.events`) into inputs with :meth:`inputs`, and
-inputs into logits (B, K) with ``forward``.
+mappings, see :mod:`streamlearn.events`) into numpy inputs with
+:meth:`~SoftmaxModel.inputs`, and inputs into logits (B, K) with
+:meth:`~SoftmaxModel.logits`. Parameters are plain float32 arrays
+(:attr:`~SoftmaxModel.params`, stepped in place by :class:`~streamlearn.ps.state.ModelState`);
+the linear models give their gradient in closed form, the MLP through torch's
+autograd (torch is imported only when an MLP is built).
 """
 
 from __future__ import annotations
@@ -10,34 +14,52 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from itertools import chain
+from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from streamlearn.config.learning import MODELS as MODELS
 from streamlearn.config.learning import ModelConfig as ModelConfig
 from streamlearn.events import Features
+from streamlearn.ps.state import Grad, Rows
 
 
-class SoftmaxModel(nn.Module):
-    """Base: a module with an ``inputs`` featurizer."""
+class SoftmaxModel:
+    """Base: ``params`` (float32 arrays), an ``inputs`` featurizer and ``logits``."""
 
     sparse = False  # True when gradients touch only some rows (hashed)
-    closed_form = False  # True when logits() and param_grads() give the gradient without autograd
+    closed_form = True  # False when the gradient comes from autograd (:meth:`autograd`)
+    params: list[np.ndarray]
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
+        raise NotImplementedError
 
-    def inputs(self, features: Sequence[Features]) -> tuple[torch.Tensor, ...]:
+    def inputs(self, features: Sequence[Features]) -> tuple[np.ndarray, ...]:
+        raise NotImplementedError
+
+    def logits(self, *inputs: np.ndarray) -> np.ndarray:
+        """(B, K) logits from the inputs."""
+        raise NotImplementedError
+
+    def param_grads(self, inputs: tuple[np.ndarray, ...], dlogits: np.ndarray) -> list[Grad]:
+        """d(loss)/d(params) from d(loss)/d(logits) (B, K), in ``params`` order."""
+        raise NotImplementedError
+
+    def autograd(self, inputs: tuple[np.ndarray, ...], loss: Any) -> tuple[np.ndarray, np.ndarray, float, list[Grad]]:
+        """Models without a closed form: (logits (B, K), per-example loss (B,), the loss, d(loss)/d(params))
+        through autograd, ``loss(logits) -> (scalar, per-example)`` on torch tensors."""
         raise NotImplementedError
 
     def row_params(self) -> frozenset[int]:
-        """Indices (in ``parameters()`` order) of the parameters whose gradients touch only some rows."""
+        """Indices (in ``params`` order) of the parameters whose gradients touch only some rows."""
         return frozenset()
 
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(p.shape for p in self.params)
 
-def _dense(features: Sequence[Features], width: int) -> torch.Tensor:
+
+def _dense(features: Sequence[Features], width: int) -> np.ndarray:
     out = np.zeros((len(features), width), dtype=np.float32)  # (B, D)
     for i, f in enumerate(features):
         if isinstance(f, np.ndarray):
@@ -47,50 +69,69 @@ def _dense(features: Sequence[Features], width: int) -> torch.Tensor:
                 j = int(name) if name.isascii() and name.isdigit() else -1  # not '²'
                 if 0 <= j < width:
                     out[i, j] = v
-    return torch.from_numpy(out)
+    return out
 
 
 class LinearSoftmax(SoftmaxModel):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg)
-        self.width = cfg.n_features
-        self.linear = nn.Linear(cfg.n_features, cfg.n_classes)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
+    """logits = x W^T + b: weight (K, D), bias (K,), both starting at zero."""
 
-    def inputs(self, features: Sequence[Features]) -> tuple[torch.Tensor, ...]:
+    def __init__(self, cfg: ModelConfig) -> None:
+        self.width = cfg.n_features
+        self.weight = np.zeros((cfg.n_classes, cfg.n_features), dtype=np.float32)  # (K, D)
+        self.bias = np.zeros(cfg.n_classes, dtype=np.float32)  # (K,)
+        self.params = [self.weight, self.bias]
+
+    def inputs(self, features: Sequence[Features]) -> tuple[np.ndarray, ...]:
         return (_dense(features, self.width),)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)  # (B, K)
+    def logits(self, *inputs: np.ndarray) -> np.ndarray:
+        (x,) = inputs
+        return x @ self.weight.T + self.bias
 
-    closed_form = True
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """(B, K) logits in numpy, from (B, D) inputs."""
-        w = self.linear.weight.detach().numpy()  # (K, D), shares memory
-        return x @ w.T + self.linear.bias.detach().numpy()
-
-    def param_grads(self, inputs: tuple[np.ndarray, ...], dlogits: np.ndarray) -> list[torch.Tensor]:
+    def param_grads(self, inputs: tuple[np.ndarray, ...], dlogits: np.ndarray) -> list[Grad]:
         """d(loss)/d(weight, bias) from d(loss)/d(logits) (B, K): one matrix product."""
         (x,) = inputs
-        return [torch.from_numpy(dlogits.T @ x), torch.from_numpy(dlogits.sum(axis=0))]
+        return [dlogits.T @ x, dlogits.sum(axis=0)]
 
 
 class MLPSoftmax(SoftmaxModel):
+    """One hidden ReLU layer, in torch (autograd); ``params`` are numpy views of the torch parameters."""
+
+    closed_form = False
+
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg)
+        import torch  # the MLP alone needs it
+        from torch import nn
+
+        torch.set_num_threads(1)  # micro-batches are tiny: threads cost more than they give
         torch.manual_seed(cfg.seed)
         self.width = cfg.n_features
         self.net = nn.Sequential(
             nn.Linear(cfg.n_features, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.n_classes)
         )
+        self.params = [p.detach().numpy() for p in self.net.parameters()]  # shares memory
 
-    def inputs(self, features: Sequence[Features]) -> tuple[torch.Tensor, ...]:
+    def inputs(self, features: Sequence[Features]) -> tuple[np.ndarray, ...]:
         return (_dense(features, self.width),)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (B, K)
+    def logits(self, *inputs: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.net(torch.from_numpy(inputs[0])).numpy()
+
+    def autograd(self, inputs: tuple[np.ndarray, ...], loss: Any) -> tuple[np.ndarray, np.ndarray, float, list[Grad]]:
+        import torch
+
+        self.net.zero_grad(set_to_none=True)
+        logits = self.net(torch.from_numpy(inputs[0]))  # (B, K)
+        total, per = loss(logits)
+        grads: list[Grad] = [np.zeros_like(p) for p in self.params]
+        if torch.isfinite(total):
+            total.backward()
+            grads = [np.zeros_like(q) if p.grad is None else p.grad.numpy()
+                     for p, q in zip(self.net.parameters(), self.params, strict=True)]
+        return logits.detach().numpy(), per.numpy(), float(total.detach()), grads
 
 
 CACHED_NAMES = 1_000_000  # feature name -> bucket, per model: ~100 MB at most
@@ -103,7 +144,7 @@ def bucket(name: str, buckets: int) -> int:
 
 
 class HashedSoftmax(SoftmaxModel):
-    """Linear softmax over hashed feature names: weight (buckets, K), sparse gradients.
+    """Linear softmax over hashed feature names: bias (K,), table (buckets, K), sparse (row) gradients.
 
     Dense vectors are hashed by position (feature ``"i"``), zeros skipped.
     """
@@ -111,15 +152,14 @@ class HashedSoftmax(SoftmaxModel):
     sparse = True
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg)
         self.buckets = cfg.buckets
-        self.table = nn.EmbeddingBag(cfg.buckets, cfg.n_classes, mode="sum", sparse=True)
-        self.bias = nn.Parameter(torch.zeros(cfg.n_classes))
-        nn.init.zeros_(self.table.weight)
+        self.bias = np.zeros(cfg.n_classes, dtype=np.float32)  # (K,)
+        self.table = np.zeros((cfg.buckets, cfg.n_classes), dtype=np.float32)  # (buckets, K)
+        self.params = [self.bias, self.table]
         self._cache: dict[str, int] = {}
 
     def row_params(self) -> frozenset[int]:
-        return frozenset(i for i, p in enumerate(self.parameters()) if p is self.table.weight)
+        return frozenset({1})
 
     def _bucket(self, name: str) -> int:
         b = self._cache.get(name)
@@ -129,7 +169,7 @@ class HashedSoftmax(SoftmaxModel):
                 self._cache[name] = b
         return b
 
-    def inputs(self, features: Sequence[Features]) -> tuple[torch.Tensor, ...]:
+    def inputs(self, features: Sequence[Features]) -> tuple[np.ndarray, ...]:
         """(N,) buckets, (B,) each example's first position in them, (N,) values; named features in one pass
         of C-level maps (a Python call per feature was ~half the cost), dense vectors hashed by position."""
         if not all(isinstance(f, dict) for f in features):
@@ -144,9 +184,9 @@ class HashedSoftmax(SoftmaxModel):
         np.cumsum(lengths[:-1], out=offsets[1:])
         vals = np.fromiter(chain.from_iterable(f.values() for f in features),  # type: ignore[union-attr]
                            dtype=np.float32, count=len(names))
-        return torch.from_numpy(np.array(idx, dtype=np.int64)), torch.from_numpy(offsets), torch.from_numpy(vals)
+        return np.array(idx, dtype=np.int64), offsets, vals
 
-    def _mixed_inputs(self, features: Sequence[Features]) -> tuple[torch.Tensor, ...]:
+    def _mixed_inputs(self, features: Sequence[Features]) -> tuple[np.ndarray, ...]:
         idx: list[int] = []
         vals: list[float] = []
         offsets: list[int] = []
@@ -159,36 +199,25 @@ class HashedSoftmax(SoftmaxModel):
             else:
                 idx.extend(map(self._bucket, f))
                 vals.extend(f.values())
-        return (  # numpy first: torch.tensor(list) takes several times as long
-            torch.from_numpy(np.array(idx, dtype=np.int64)),
-            torch.from_numpy(np.array(offsets, dtype=np.int64)),
-            torch.from_numpy(np.array(vals, dtype=np.float32)),
-        )
+        return (np.array(idx, dtype=np.int64), np.array(offsets, dtype=np.int64), np.array(vals, dtype=np.float32))
 
-    def forward(self, idx: torch.Tensor, offsets: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
-        return self.table(idx, offsets, per_sample_weights=vals) + self.bias  # (B, K)
-
-    closed_form = True
-
-    def logits(self, idx: np.ndarray, offsets: np.ndarray, vals: np.ndarray) -> np.ndarray:
-        """(B, K) logits in numpy: per example, the value-weighted sum of its buckets' rows, plus the bias."""
-        table = self.table.weight.detach().numpy()  # (buckets, K), shares memory
+    def logits(self, *inputs: np.ndarray) -> np.ndarray:
+        """(B, K) logits: per example, the value-weighted sum of its buckets' rows, plus the bias."""
+        idx, offsets, vals = inputs
         full = _lengths(offsets, len(idx)) > 0  # (B,) bags with a feature: reduceat needs them
         if full.all():
-            out = np.add.reduceat(table[idx] * vals[:, None], offsets, axis=0)
+            out = np.add.reduceat(self.table[idx] * vals[:, None], offsets, axis=0)
         else:
-            out = np.zeros((len(offsets), table.shape[1]), dtype=np.float32)
+            out = np.zeros((len(offsets), self.table.shape[1]), dtype=np.float32)
             if full.any():
-                out[full] = np.add.reduceat(table[idx] * vals[:, None], offsets[full], axis=0)
-        return out + self.bias.detach().numpy()
+                out[full] = np.add.reduceat(self.table[idx] * vals[:, None], offsets[full], axis=0)
+        return out + self.bias
 
-    def param_grads(self, inputs: tuple[np.ndarray, ...], dlogits: np.ndarray) -> list[torch.Tensor]:
-        """A sparse (buckets, K) gradient on the rows the batch touched (coalesced), and the bias's."""
+    def param_grads(self, inputs: tuple[np.ndarray, ...], dlogits: np.ndarray) -> list[Grad]:
+        """The bias's gradient, and the table's on the rows the batch touched (summed per row)."""
         idx, offsets, vals = inputs
         rows, summed = sum_rows(idx, vals[:, None] * dlogits[_bags(offsets, len(idx))])  # (R,), (R, K)
-        table = torch.sparse_coo_tensor(torch.from_numpy(rows)[None, :], torch.from_numpy(summed),
-                                        self.table.weight.shape, is_coalesced=True, check_invariants=False)
-        return [torch.from_numpy(dlogits.sum(axis=0)), table]  # parameters() order: bias, then table.weight
+        return [dlogits.sum(axis=0), Rows(rows, summed)]
 
 
 def sum_rows(idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -220,9 +249,3 @@ def _bags(offsets: np.ndarray, n: int) -> np.ndarray:
 def build_model(cfg: ModelConfig) -> SoftmaxModel:
     kinds: dict[str, type[SoftmaxModel]] = {"linear": LinearSoftmax, "mlp": MLPSoftmax, "hashed": HashedSoftmax}
     return kinds[cfg.kind](cfg)
-
-
-def weight_norm(model: nn.Module) -> float:
-    """L2 norm of all parameters together."""
-    with torch.no_grad():
-        return float(torch.sqrt(sum((p.double() ** 2).sum() for p in model.parameters())))  # type: ignore[arg-type]

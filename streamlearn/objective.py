@@ -53,8 +53,12 @@ gradient is then one matrix product (tests check it against autograd).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the torch losses serve the MLP's autograd and the tests; they import torch when called
+    import torch
 
 from streamlearn.config.learning import OBJECTIVES as OBJECTIVES
 from streamlearn.config.learning import ObjectiveConfig
@@ -82,6 +86,8 @@ class Objective(ObjectiveConfig):
         weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scalar loss to differentiate, per-example loss (B,) detached)."""
+        import torch
+
         per = self.per_example(logits, labels, positive)
         w = torch.where(positive, 1.0, self.neg_weight).to(per.dtype)
         if weights is not None:
@@ -136,6 +142,8 @@ def _check(logits: torch.Tensor, labels: torch.Tensor, positive: torch.Tensor) -
 
 def mixed_loss(logits: torch.Tensor, labels: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """-log p(y|x) where positive, -log(1 - p(l|x)) where not; (B,) from (B, K) logits."""
+    import torch
+
     _check(logits, labels, positive)
     lse_all = torch.logsumexp(logits, dim=1)  # (B,)
     picked = logits.gather(1, labels[:, None]).squeeze(1)  # (B,) f_y or f_l
@@ -152,6 +160,8 @@ def negated_loss(logits: torch.Tensor, labels: torch.Tensor, positive: torch.Ten
     For a negative this is ``log p(l|x) = f_l - logsumexp f``: unbounded below,
     so minimising it drives the weights to infinity. Kept to show why not.
     """
+    import torch
+
     _check(logits, labels, positive)
     ce = torch.logsumexp(logits, dim=1) - logits.gather(1, labels[:, None]).squeeze(1)
     return torch.where(positive, ce, -ce)

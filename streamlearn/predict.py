@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from streamlearn import checkpoint
 from streamlearn.codec import DecodeError, features_from
@@ -15,7 +15,7 @@ from streamlearn.events import Schema
 from streamlearn.learner import Learner, OptimConfig
 from streamlearn.model import ModelConfig
 from streamlearn.objective import Objective
-from streamlearn.paramserver import merge
+from streamlearn.ps import merge
 
 
 def load_model(directory: str | Path) -> tuple[Learner, Schema, dict[str, Any]]:
@@ -26,9 +26,8 @@ def load_model(directory: str | Path) -> tuple[Learner, Schema, dict[str, Any]]:
     model: ModelConfig = state["model"]
     learner = Learner(model, Objective(), OptimConfig())
     weights = merge([s["params"] for s in state["shards"]])
-    with torch.no_grad():
-        for p, w in zip(learner.model.parameters(), weights, strict=True):
-            p.copy_(w)
+    for p, w in zip(learner.params, weights, strict=True):
+        np.copyto(p, w)
     schema = Schema(tuple(state["classes"]), model.n_features, named_features=model.kind == "hashed")
     return learner, schema, {"checkpoint": str(path), "version": state["version"]}
 

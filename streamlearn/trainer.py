@@ -48,7 +48,7 @@ class Progress:
 class Trainer:
     def __init__(self, learner: Learner, divergence: DivergenceConfig | None = None) -> None:
         self.learner = learner
-        self.guard = Guard(divergence or DivergenceConfig(), learner.model, learner.optimizer)
+        self.guard = Guard(divergence or DivergenceConfig(), learner.state)
         self.batch_size = learner.optim_cfg.batch_size
         self.buffer: list[Example] = []
         self.progress = Progress()

@@ -1,9 +1,6 @@
-"""Shared test setup: single-threaded torch (tiny tensors; the cores are shared with servers), and a local
-Ray that listens on loopback only, as `streamlearn run` starts it (set before any test module imports ray)."""
-
-import torch
+"""Shared test setup: a local Ray that listens on loopback only, as `streamlearn run` starts it (set before any
+test module imports ray)."""
 
 from streamlearn.cli import loopback_ray
 
-torch.set_num_threads(1)
 loopback_ray()

@@ -1,7 +1,7 @@
 """The distributed job on Ray: parity with the single-process loop, each PS mode, checkpoints."""
 
+import numpy as np
 import pytest
-import torch
 from ray_helpers import job_config, single_process
 
 from streamlearn.events import Prediction
@@ -16,10 +16,10 @@ def test_parity_one_worker_one_server_sync(ray_cluster) -> None:
     job = Job(cfg)
     summary = job.run()
     trainer, per_partition = single_process(cfg)
-    ours = list(trainer.learner.model.parameters())
+    ours = trainer.learner.params
     assert len(ours) == len(job.weights)
     for a, b in zip(ours, job.weights, strict=True):
-        torch.testing.assert_close(a.detach(), b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert summary["model_examples_by_partition"] == {str(p): n for p, n in sorted(per_partition.items())}
     assert summary["updates"] == trainer.progress.updates
 
@@ -36,8 +36,8 @@ def test_parity_holds_in_async_mode_for_one_worker(ray_cluster, model: str) -> N
     job = Job(cfg)
     job.run()
     trainer, _ = single_process(cfg)
-    for a, b in zip(trainer.learner.model.parameters(), job.weights, strict=True):
-        torch.testing.assert_close(a.detach(), b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(trainer.learner.params, job.weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async", "bounded"])
@@ -67,7 +67,7 @@ def test_sharded_servers_split_rows_and_match_one_shard(ray_cluster) -> None:
     three = Job(job_config(workers=1, ps={"mode": "sync", "shards": 3}))
     three.run()
     for a, b in zip(one.weights, three.weights, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
@@ -116,10 +116,11 @@ def test_sync_round_closes_without_a_silent_worker(ray_cluster) -> None:
     import numpy as np
     import ray
 
-    from streamlearn.actors import ParamServerActor, UpdateHead, pack_update, unpack_reply
+    from streamlearn.actors import ParamServerActor
     from streamlearn.learner import OptimConfig
     from streamlearn.model import ModelConfig
-    from streamlearn.paramserver import PSConfig
+    from streamlearn.ps import PSConfig
+    from streamlearn.ps.wire import UpdateHead, pack_update, unpack_reply
 
     model = ModelConfig(n_features=4, n_classes=3)
     server = ParamServerActor.remote(0, PSConfig(mode="sync", sync_timeout_seconds=1.0), model, OptimConfig(), 2)
@@ -144,10 +145,11 @@ def test_sync_round_averages_the_workers_updates_by_their_steps(ray_cluster) -> 
     import numpy as np
     import ray
 
-    from streamlearn.actors import ParamServerActor, UpdateHead, pack_update, unpack_reply
+    from streamlearn.actors import ParamServerActor
     from streamlearn.learner import OptimConfig
     from streamlearn.model import ModelConfig
-    from streamlearn.paramserver import PSConfig
+    from streamlearn.ps import PSConfig
+    from streamlearn.ps.wire import UpdateHead, pack_update, unpack_reply
 
     model = ModelConfig(n_features=4, n_classes=3)
     server = ParamServerActor.remote(0, PSConfig(mode="sync"), model, OptimConfig(), 3)
@@ -168,10 +170,11 @@ def test_a_round_closes_when_the_worker_it_waits_for_leaves(ray_cluster) -> None
     import numpy as np
     import ray
 
-    from streamlearn.actors import ParamServerActor, UpdateHead, pack_update
+    from streamlearn.actors import ParamServerActor
     from streamlearn.learner import OptimConfig
     from streamlearn.model import ModelConfig
-    from streamlearn.paramserver import PSConfig
+    from streamlearn.ps import PSConfig
+    from streamlearn.ps.wire import UpdateHead, pack_update
 
     model = ModelConfig(n_features=4, n_classes=3)
     server = ParamServerActor.remote(0, PSConfig(mode="sync", sync_timeout_seconds=600.0), model, OptimConfig(), 2)
@@ -188,10 +191,11 @@ def test_a_sync_step_says_whether_a_poll_came_back_empty(ray_cluster) -> None:
     already holds a round does not poll, and says so, though it too brings no records."""
     import ray
 
-    from streamlearn.actors import ParamServerActor, RayParamClient
+    from streamlearn.actors import ParamServerActor
     from streamlearn.config import JobConfig
     from streamlearn.job import build_worker
-    from streamlearn.paramserver import PSConfig
+    from streamlearn.ps import PSConfig
+    from streamlearn.ps.client import RayParamClient
     from streamlearn.simulate import SimConfig
 
     cfg = JobConfig(workers=1, partitions=1, max_records=400, sim=SimConfig(events=2000),
@@ -208,4 +212,22 @@ def test_a_sync_step_says_whether_a_poll_came_back_empty(ray_cluster) -> None:
     empty = [r for full, r in steps if r.polled_empty]
     assert empty and all(r.records == 0 and not full for full, r in steps if r.polled_empty)
     assert all(r.polled_empty for full, r in steps[-20:])  # at the end every step polls, and finds nothing
+    ray.kill(server)
+
+
+@pytest.mark.parametrize("model", ["linear", "hashed"])
+def test_no_actor_of_a_linear_or_hashed_job_imports_torch(ray_cluster, model: str) -> None:
+    """torch is the MLP's alone: the workers and servers of the other models never load it (~650 MB each)."""
+    import ray
+
+    from streamlearn.actors import ParamServerActor, WorkerActor
+
+    cfg = job_config(workers=1, ps={"shards": 1}, sim={"events": 400}, **(HASHED if model == "hashed" else {}))
+    server = ParamServerActor.remote(0, cfg.ps, cfg.model, cfg.optim, 1)
+    worker = WorkerActor.remote(0, cfg, [0], [server])
+    ray.get(worker.step.remote())
+    assert ray.get([worker.imported.remote("numpy"), server.imported.remote("numpy")]) == [True, True]
+    assert ray.get([worker.imported.remote("torch"), server.imported.remote("torch")]) == [False, False]
+    ray.get(worker.close.remote())
+    ray.kill(worker)
     ray.kill(server)

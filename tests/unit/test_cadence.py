@@ -8,7 +8,9 @@ import pytest
 from streamlearn.cadence import PushCadence
 from streamlearn.config import JobConfig
 from streamlearn.job import build_worker
-from streamlearn.paramserver import Done, LocalParamClient, PSConfig, Shard
+from streamlearn.ps.client import Done, LocalParamClient
+from streamlearn.ps.config import PSConfig
+from streamlearn.ps.shard import Shard
 from streamlearn.simulate import SimConfig
 
 

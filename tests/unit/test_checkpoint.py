@@ -14,6 +14,9 @@ from streamlearn.join import Joiner
 # [0, 1, 2], class 2, model version 7, probs [0.2, 0.3, 0.5]) and feedback "b" (wrong), and a buffer with
 # Example("c", [1, 1, 1], label 1, negative, weight 2, ts 3).
 DATACLASS_EVENTS = Path(__file__).parent / "data" / "checkpoint-dataclass-events.slck"
+# Written by format 1 (torch tensors, torch Adagrad state): a hashed model (3 classes, 8 buckets) on 2 shards,
+# each after one update of 3 steps.
+FORMAT_1 = Path(__file__).parent / "data" / "checkpoint-format-1-hashed.slck"
 
 
 def test_events_survive_a_save_and_a_read(tmp_path: Path) -> None:
@@ -58,3 +61,42 @@ def test_a_clock_that_steps_back_never_prunes_the_checkpoint_just_written(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == [second.name, third.name]
     found = checkpoint.latest(tmp_path)
     assert found is not None and found[0] == third and found[1]["version"] == 3
+
+
+def test_a_format_1_checkpoint_loads_into_shards_as_plain_arrays() -> None:
+    """Format 1 held torch tensors and torch optimizer state; it reads as format 2 and restores a shard."""
+    from streamlearn.learner import OptimConfig
+    from streamlearn.ps import PSConfig, merge
+    from streamlearn.ps.shard import Shard
+
+    state = checkpoint.read(FORMAT_1)
+    assert state["format"] == checkpoint.FORMAT == 2
+    for s in state["shards"]:
+        assert all(isinstance(a, np.ndarray) for a in s["params"] + s["sums"])
+        assert (s["steps"], s["version"], s["lr"]) == (3, 3, pytest.approx(0.3))
+    bias, table = merge([s["params"] for s in state["shards"]])
+    np.testing.assert_allclose(bias, [-2.325, 0.784, 1.4934], atol=1e-4)
+    assert table.shape == (8, 3)
+    shards = [Shard(i, PSConfig(shards=2), state["model"], OptimConfig()) for i in range(2)]
+    for shard, saved in zip(shards, state["shards"], strict=True):
+        shard.load(saved)
+    np.testing.assert_allclose(shards[0].state.sums[0], [0.094], atol=1e-4)
+    np.testing.assert_array_equal(merge([s.weights() for s in shards])[1], table)
+
+
+def test_a_checkpoint_holds_no_torch_objects(tmp_path: Path) -> None:
+    """Format 2 pickles plain arrays: reading one back never needs torch."""
+    import subprocess
+    import sys
+
+    from streamlearn.learner import OptimConfig
+    from streamlearn.model import ModelConfig
+    from streamlearn.ps import PSConfig
+    from streamlearn.ps.shard import Shard
+
+    shard = Shard(0, PSConfig(), ModelConfig(n_features=3, n_classes=2), OptimConfig())
+    path = checkpoint.save(tmp_path, {"format": checkpoint.FORMAT, "shards": [shard.snapshot()]})
+    code = ("import sys; from streamlearn import checkpoint; s = checkpoint.read(sys.argv[1]); "
+            "assert 'torch' not in sys.modules, 'torch'; print(s['shards'][0]['params'][0].shape)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(2, 3)"

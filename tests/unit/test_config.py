@@ -74,7 +74,7 @@ def test_settings_that_defeat_themselves_fail_fast() -> None:
     """A negative clip would climb the loss and 0 stop learning; a bounded-mode push larger than half the bound
     makes every update of a second worker miss it. Each is refused with the setting's name."""
     from streamlearn.divergence import DivergenceConfig
-    from streamlearn.paramserver import PSConfig
+    from streamlearn.ps import PSConfig
 
     for name, value in (("clip_norm", -1.0), ("clip_norm", 0.0), ("max_weight_norm", 0.0), ("spike_factor", -1.0),
                         ("spike_floor", float("nan"))):

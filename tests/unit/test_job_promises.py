@@ -10,7 +10,7 @@ import pytest
 
 from streamlearn.config import JobConfig, StopConfig
 from streamlearn.job import Job, Totals
-from streamlearn.paramserver import PSConfig
+from streamlearn.ps import PSConfig
 from streamlearn.worker import StepResult
 
 

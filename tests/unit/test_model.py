@@ -8,24 +8,23 @@ from streamlearn.events import Example
 from streamlearn.learner import Learner, OptimConfig
 from streamlearn.model import ModelConfig, bucket, build_model
 from streamlearn.objective import Objective
+from streamlearn.ps.state import Rows
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp", "hashed"])
 def test_logits_shape(kind: str) -> None:
     m = build_model(ModelConfig(kind, n_features=5, n_classes=4, buckets=64))
     feats = [np.arange(5, dtype=np.float32), {"0": 1.0, "3": 2.0}]
-    assert m(*m.inputs(feats)).shape == (2, 4)
+    assert m.logits(*m.inputs(feats)).shape == (2, 4)
 
 
 def test_hashed_is_stable_and_sparse() -> None:
     assert bucket("colour=red", 1 << 18) == bucket("colour=red", 1 << 18)  # not salted per process
     m = build_model(ModelConfig("hashed", n_classes=3, buckets=1024))
-    logits = m(*m.inputs([{"a": 1.0, "b": 2.0}]))
-    logits.sum().backward()
-    g = m.table.weight.grad
-    assert g is not None and g.is_sparse
-    rows = set(g.coalesce().indices()[0].tolist())
-    assert rows == {bucket("a", 1024), bucket("b", 1024)}
+    inputs = m.inputs([{"a": 1.0, "b": 2.0}])
+    _, g = m.param_grads(inputs, np.ones_like(m.logits(*inputs)))
+    assert isinstance(g, Rows)
+    assert set(g.rows.tolist()) == {bucket("a", 1024), bucket("b", 1024)}
 
 
 def test_bad_config_names_the_key() -> None:
@@ -57,8 +56,7 @@ def test_learning_reduces_loss_on_a_fixed_batch(kind: str, opt: str) -> None:
 
 def test_predict_before_learn_metrics() -> None:
     learner = Learner(ModelConfig(n_features=4, n_classes=3), Objective(), OptimConfig())
-    with torch.no_grad():
-        learner.model.linear.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))  # always predicts class 0
+    learner.params[1][:] = [5.0, 0.0, 0.0]  # always predicts class 0
     x = np.zeros(4, np.float32)
     batch = [Example("a", x, 0, True), Example("b", x, 1, True), Example("c", x, 0, False),
              Example("d", x, 2, False, probs=np.array([1 / 3, 1 / 3, 1 / 3]))]
@@ -89,78 +87,96 @@ def test_non_finite_batch_is_not_applied() -> None:
     assert grads is None and stats.skipped == 1
 
 
+def _torch_logits(learner: Learner, inputs: tuple[np.ndarray, ...], params: list[torch.Tensor]) -> torch.Tensor:
+    """The model's logits written in torch, on ``params`` (leaves that collect the gradient)."""
+    if learner.model_cfg.kind == "linear":
+        (x,) = inputs
+        return torch.from_numpy(x) @ params[0].T + params[1]
+    idx, offsets, vals = (torch.from_numpy(a) for a in inputs)
+    bias, table = params
+    bags = torch.repeat_interleave(torch.arange(len(offsets)), torch.diff(offsets, append=torch.tensor([len(idx)])))
+    out = torch.zeros(len(offsets), table.shape[1]).index_add(0, bags, table[idx] * vals[:, None])
+    return out + bias
+
+
 @pytest.mark.parametrize("kind", ["linear", "hashed"])
 @pytest.mark.parametrize("neg_weight", [1.0, 0.3])
 def test_closed_form_equals_autograd(kind: str, neg_weight: float) -> None:
-    """The numpy gradient and batch stats equal autograd's on the same weights (hashed: sparse, summed rows)."""
+    """The numpy gradient and loss equal autograd's on the same weights (hashed: sparse, summed rows)."""
     rng = np.random.default_rng(4)
     model_cfg = ModelConfig(kind, n_features=6, n_classes=5, buckets=16)  # 16 buckets: repeated rows in a batch
-    fast = Learner(model_cfg, Objective(negative_weight=neg_weight), OptimConfig())
-    with torch.no_grad():
-        for p in fast.model.parameters():
-            p.copy_(torch.from_numpy(rng.normal(size=tuple(p.shape)).astype(np.float32)))
-    slow = Learner(model_cfg, Objective(negative_weight=neg_weight), OptimConfig())
-    slow.model.load_state_dict(fast.model.state_dict())
-    slow.model.closed_form = False  # force the autograd path
+    objective = Objective(negative_weight=neg_weight)
+    fast = Learner(model_cfg, objective, OptimConfig())
+    for p in fast.params:
+        p[...] = rng.normal(size=p.shape)
     batch = [Example(str(i), rng.normal(size=6).astype(np.float32), int(rng.integers(5)), bool(i % 3 == 0),
                      weight=float(1 + i % 2), probs=rng.dirichlet(np.ones(5)) if i % 4 == 0 else None)
              for i in range(12)]
     batch[5] = Example("no-features", {}, 1, True)  # an empty bag for the hashed model
-    g_fast, s_fast = fast.gradients(fast.batch(batch))
-    g_slow, s_slow = slow.gradients(slow.batch(batch))
-    assert g_fast is not None and g_slow is not None
-    for a, b in zip(g_fast, g_slow, strict=True):
-        assert a.is_sparse == b.is_sparse
-        torch.testing.assert_close(a.to_dense(), b.to_dense(), rtol=1e-5, atol=1e-6)
-    assert s_fast.grad_norm == pytest.approx(s_slow.grad_norm, rel=1e-5)
-    assert (s_fast.positive, s_fast.positive_correct, s_fast.negative_avoided) == (
-        s_slow.positive, s_slow.positive_correct, s_slow.negative_avoided)
-    assert s_fast.mean_loss == pytest.approx(s_slow.mean_loss, rel=1e-5)
-    assert s_fast.kl_count == s_slow.kl_count == 3 and s_fast.kl_sum == pytest.approx(s_slow.kl_sum, rel=1e-5)
-
-
-def _sparse_grad(gen: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
-    rows = torch.randint(0, shape[0], (9,), generator=gen)  # repeats: rows are summed before the update
-    return torch.sparse_coo_tensor(rows[None, :], torch.randn(9, *shape[1:], generator=gen), shape)
+    b = fast.batch(batch)
+    g_fast, s_fast = fast.gradients(b)
+    assert g_fast is not None
+    leaves = [torch.from_numpy(p.copy()).requires_grad_(True) for p in fast.params]
+    loss, per = objective.batch_loss(_torch_logits(fast, b.inputs, leaves), torch.from_numpy(b.labels),
+                                     torch.from_numpy(b.positive), torch.from_numpy(b.weights))
+    loss.backward()
+    for g, leaf in zip(g_fast, leaves, strict=True):
+        assert isinstance(g, Rows) == (kind == "hashed" and leaf.dim() == 2)
+        dense = np.zeros(leaf.shape, np.float32)
+        if isinstance(g, Rows):
+            dense[g.rows] = g.values
+        else:
+            dense[...] = g
+        assert leaf.grad is not None
+        np.testing.assert_allclose(dense, leaf.grad.numpy(), rtol=1e-5, atol=1e-6)
+    assert s_fast.mean_loss == pytest.approx(float(per.mean()), rel=1e-5)
+    assert s_fast.kl_count == 3
 
 
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("name", ["sgd", "adagrad"])
-def test_numpy_step_matches_torch_optimizer(name: str, sparse: bool) -> None:
-    """learner.step's in-place numpy update equals optimizer.step(), state included (dense and sparse rows)."""
-    from streamlearn.learner import build_optimizer, step
+def test_the_one_optimizer_step_matches_torch(name: str, sparse: bool) -> None:
+    """ModelState.step (numpy, in place) equals torch's SGD / Adagrad step, state included (dense and rows)."""
+    from streamlearn.model import sum_rows
+    from streamlearn.ps.state import ModelState
 
-    gen = torch.Generator().manual_seed(0)
-    ours = [torch.nn.Parameter(torch.randn(5, 7, generator=gen)), torch.nn.Parameter(torch.randn(5, generator=gen))]
-    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    cfg = OptimConfig(name, lr=0.3)
-    opt_ours, opt_ref = build_optimizer(cfg, ours), build_optimizer(cfg, ref)
+    rng = np.random.default_rng(0)
+    ours = [rng.normal(size=(5, 7)).astype(np.float32), rng.normal(size=5).astype(np.float32)]
+    ref = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in ours]
+    state = ModelState(ours, name, lr=0.3)
+    opt = torch.optim.SGD(ref, lr=0.3) if name == "sgd" else torch.optim.Adagrad(ref, lr=0.3)
     for i in range(50):
-        grads = [torch.randn(p.shape, generator=gen) * 10.0 ** (i % 4 - 2) for p in ours]
-        if sparse:
-            grads[0] = _sparse_grad(gen, (5, 7))
+        grads = [rng.normal(size=p.shape).astype(np.float32) * np.float32(10.0 ** (i % 4 - 2)) for p in ours]
+        dense = [torch.from_numpy(g.copy()) for g in grads]
+        step: list[np.ndarray | Rows] = list(grads)
+        if sparse:  # repeated rows: summed before the update, as coalescing does
+            rows = rng.integers(0, 5, size=9)
+            values = rng.normal(size=(9, 7)).astype(np.float32)
+            step[0] = Rows(*sum_rows(rows, values))
+            dense[0] = torch.sparse_coo_tensor(torch.from_numpy(rows)[None, :], torch.from_numpy(values), (5, 7),
+                                               check_invariants=False)
         scale = 0.5 if i % 3 == 0 else 1.0
-        step(opt_ours, ours, grads, scale)
-        for p, g in zip(ref, grads, strict=True):
+        state.step(step, scale)
+        for p, g in zip(ref, dense, strict=True):
             p.grad = g * scale
-        opt_ref.step()
+        opt.step()
     for a, b in zip(ours, ref, strict=True):
-        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert state.steps == 50
     if name == "adagrad":
-        for a, b in zip(ours, ref, strict=True):
-            assert float(opt_ours.state[a]["step"]) == float(opt_ref.state[b]["step"]) == 50
-            torch.testing.assert_close(opt_ours.state[a]["sum"], opt_ref.state[b]["sum"], rtol=1e-5, atol=1e-6)
+        for a, b in zip(state.sums, ref, strict=True):
+            np.testing.assert_allclose(a, opt.state[b]["sum"].numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_hashed_inputs_of_named_features_match_the_per_feature_path(monkeypatch: pytest.MonkeyPatch) -> None:
     m = build_model(ModelConfig("hashed", n_classes=3, buckets=1 << 12))
     feats = [{"a": 1.0, "b": 2.5}, {}, {"c": -1.0, "a": 0.5, "zz": 3}, {"b": 1.0}]
 
-    def same(got: tuple[torch.Tensor, ...]) -> None:
+    def same(got: tuple[np.ndarray, ...]) -> None:
         ref = m._mixed_inputs(feats)  # one feature at a time, the path dense vectors take
         for g, r in zip(got, ref, strict=True):
             assert g.dtype == r.dtype
-            np.testing.assert_array_equal(g.numpy(), r.numpy())
+            np.testing.assert_array_equal(g, r)
 
     same(m.inputs(feats))  # names not cached yet
     same(m.inputs(feats))  # cached

@@ -6,14 +6,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from streamlearn.config import JobConfig
 from streamlearn.job import build_worker
 from streamlearn.learner import Learner, OptimConfig
 from streamlearn.model import ModelConfig
 from streamlearn.objective import Objective
-from streamlearn.paramserver import Layout, LocalParamClient, PSConfig, Shard
+from streamlearn.ps.client import LocalParamClient
+from streamlearn.ps.config import PSConfig
+from streamlearn.ps.layout import Layout
+from streamlearn.ps.shard import Shard
 from streamlearn.simulate import SimConfig
 from streamlearn.worker import Worker
 
@@ -53,7 +55,7 @@ def test_in_order_runs_each_clients_pushes_in_the_order_sent() -> None:
     """An async actor may start calls out of order; InOrder holds a later push until the earlier one ran."""
     import asyncio
 
-    from streamlearn.paramserver import InOrder
+    from streamlearn.ps.shard import InOrder
 
     ran: list[tuple[str, int]] = []
 
@@ -86,7 +88,7 @@ def test_layout_splits_a_flat_state_into_each_shards_own(shards: int) -> None:
     servers = [Shard(s, PSConfig(shards=shards), model, OptimConfig()) for s in range(shards)]
     for s, (part, server) in enumerate(zip(parts, servers, strict=True)):
         np.testing.assert_array_equal(part[0], server.flat().read()[0])
-        assert part.shape[1] == sum(p.numel() for p in server.params), s
+        assert part.shape[1] == sum(p.size for p in server.params), s
     np.testing.assert_array_equal(layout.merge(parts), full)
 
 
@@ -99,7 +101,7 @@ def test_flat_state_add_scales_weights_and_squared_accumulators() -> None:
     after = shard.flat().read()
     np.testing.assert_allclose(after[0] - before[0], 0.5)
     np.testing.assert_allclose(after[1] - before[1], 0.25)
-    assert all(float(shard.optimizer.state[p]["step"]) == 3 for p in shard.params)
+    assert shard.state.steps == 3
     with pytest.raises(ValueError, match="does not fit"):
         flat.write(np.zeros((2, 3)))
 
@@ -131,12 +133,12 @@ def test_worker_steps_with_the_servers_learning_rate_and_clip() -> None:
     worker = build_worker(cfg, 0, [0], client)
     worker.step()
     worker.flush()
-    assert worker.clip_norm is None and worker.learner.optimizer.param_groups[0]["lr"] == cfg.optim.lr
+    assert worker.clip_norm is None and worker.learner.lr == cfg.optim.lr
     shard.scale_lr(0.5)
     shard.clip_norm = 1e-6
     worker.step()  # its first push's reply carries them
     worker.flush()
-    assert worker.learner.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.optim.lr * 0.5)
+    assert worker.learner.lr == pytest.approx(cfg.optim.lr * 0.5)
     assert worker.clip_norm == 1e-6
     before = shard.flat().read()
     r = worker.step()
@@ -151,8 +153,7 @@ def test_worker_steps_with_the_servers_learning_rate_and_clip() -> None:
 @pytest.mark.parametrize("clip", [None, 0.5])
 def test_an_update_and_its_reply_survive_the_wire(clip: float | None) -> None:
     """An update push travels as one bytes object each way (actors.pack_update / pack_reply)."""
-    from streamlearn.actors import UpdateHead, pack_reply, pack_update, unpack_reply, unpack_update
-    from streamlearn.paramserver import PushResult
+    from streamlearn.ps.wire import PushResult, UpdateHead, pack_reply, pack_update, unpack_reply, unpack_update
 
     rng = np.random.default_rng(0)
     update = rng.normal(size=(2, 13))
@@ -178,8 +179,7 @@ def test_a_worker_whose_replica_went_non_finite_takes_the_servers_state() -> Non
     client = LocalParamClient([Shard(0, cfg.ps, cfg.model, cfg.optim)])
     worker = build_worker(cfg, 0, [0], client)
     worker.step()
-    with torch.no_grad():
-        next(worker.learner.model.parameters())[0, 0] = float("nan")
+    worker.learner.params[0][0, 0] = np.nan
     r = worker.step()
     assert r.stats.skipped == cfg.ps.grads_per_push  # one group fails whole, then the next pulls and learns
     assert r.pushes > 0 and r.stats.examples > r.stats.skipped * cfg.optim.batch_size
@@ -291,7 +291,7 @@ def test_pulls_count_as_calls_to_the_servers() -> None:
 
 
 def test_row_layout_splits_a_row_state_into_each_shards_own() -> None:
-    from streamlearn.paramserver import RowLayout
+    from streamlearn.ps.layout import RowLayout
 
     model = ModelConfig(kind="hashed", buckets=10, n_classes=3)
     learner = Learner(model, Objective(), OptimConfig())
@@ -309,7 +309,7 @@ def test_row_layout_splits_a_row_state_into_each_shards_own() -> None:
 
 
 def test_a_row_update_survives_the_wire() -> None:
-    from streamlearn.actors import UpdateHead, pack_rows, unpack_rows
+    from streamlearn.ps.wire import UpdateHead, pack_rows, unpack_rows
 
     head = UpdateHead(b"\x02" * 16, seq=3, worker=1, version=77, steps=64, pull=True)
     rows = np.array([5, 17, 2**20])
@@ -392,7 +392,7 @@ def test_a_group_whose_steps_overflow_is_discarded_and_the_servers_stay_finite()
     w.flush()
     shard = client.shards[0]
     credited, version = sum(w.applied.values()), shard.version
-    w.learner.optimizer.state[w.learner.params[0]]["sum"].fill_(float("inf"))
+    w.learner.state.sums[0].fill(np.inf)
     r = w.step()
     w.flush()
     assert r.stats.skipped >= 2  # the first group's micro-batches
@@ -419,7 +419,7 @@ def test_a_gradient_too_large_to_square_in_float32_is_skipped() -> None:
 def test_a_push_counts_as_kept_only_if_every_shard_kept_it() -> None:
     """Bounded mode: each shard judges staleness by its own version, and two workers' pushes can reach two
     shards in opposite orders; a push one shard dropped is not credited (counted dropped)."""
-    from streamlearn.paramserver import PushResult, combine
+    from streamlearn.ps.wire import PushResult, combine
 
     kept = PushResult(applied=2, kept=[True, True], version=7, staleness=[3, 3])
     dropped = PushResult(dropped=2, kept=[False, False], version=9, staleness=[5, 5])
@@ -438,7 +438,7 @@ def test_rollback_moves_the_version_forward_and_a_restore_forgets_the_good_state
     shard.add_update(np.ones_like(shard.flat().read(), dtype=np.float64), count=20, version=0)
     assert shard.rollback() and shard.version == 20 + 10 + 1
     np.testing.assert_array_equal(shard.flat().read(), good)
-    saved = shard.state()
+    saved = shard.snapshot()
     shard.add_update(np.ones_like(shard.flat().read(), dtype=np.float64), count=5, version=shard.version)
     shard.load(saved)
     assert not shard.has_good() and not shard.rollback() and shard.version == 31
@@ -573,8 +573,7 @@ def test_the_time_servers_hold_a_push_is_told_apart_from_the_calls_own_cost() ->
     """A reply carries how long its server held the push (sync mode: until the round closed); the worker
     counts the part of its wait the servers still held it, so push_seconds less that is the calls' own cost
     (what --push-budget and the per-call overhead are about)."""
-    from streamlearn.actors import pack_reply, unpack_reply
-    from streamlearn.paramserver import PushResult, combine
+    from streamlearn.ps.wire import PushResult, combine, pack_reply, unpack_reply
 
     sent = PushResult(applied=4, kept=[True] * 4, version=9, staleness=[1] * 4, held=0.125)
     got, _ = unpack_reply(pack_reply(sent, None), count=4, rows=2)

@@ -6,8 +6,8 @@ A reply is merged as a delta, ``replica += server - base``, where ``base``
 is the replica's state when the push went out: the worker keeps the steps it
 took since, and with one worker the replica stays the servers' model exactly.
 A pull is copied. A dense model's state is its flat state
-(:class:`~streamlearn.learner.FlatState`), a sparse one's the rows a push or
-pull covers (:class:`~streamlearn.learner.RowState`).
+(:class:`~streamlearn.ps.state.FlatState`), a sparse one's the rows a push or
+pull covers (:class:`~streamlearn.ps.state.RowState`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,30 @@
+"""Importing the core never loads torch (the MLP alone needs it) or Ray (the actors alone)."""
+
+import subprocess
+import sys
+
+import pytest
+
+TORCH_FREE = ["config", "worker", "learner", "model", "trainer", "checkpoint", "divergence", "objective", "predict",
+              "evaluate", "ps", "ps.state", "ps.layout", "ps.wire", "ps.shard", "ps.client", "ps.replica",
+              "ps.config"]
+
+
+def _loaded(module: str, probes: list[str]) -> list[str]:
+    code = f"import sys, streamlearn.{module}; print(' '.join(p for p in {probes!r} if p in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_importing_does_not_load_torch(module: str) -> None:
+    assert _loaded(module, ["torch"]) == []
+
+
+def test_the_actors_module_loads_ray_but_not_torch() -> None:
+    assert _loaded("actors", ["torch", "ray"]) == ["ray"]
+
+
+@pytest.mark.parametrize("module", ["worker", "ps.client", "ps.shard"])
+def test_the_worker_and_the_ps_core_do_not_load_ray(module: str) -> None:
+    assert _loaded(module, ["ray"]) == []
