@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from streamlearn.events import Event
-from streamlearn.kafka_source import KafkaSettings, create_topics, produce_stream
+from streamlearn.kafka import KafkaSettings, create_topics, produce_stream
 from streamlearn.simulate import DataConfig
 
 if TYPE_CHECKING:  # torch is imported only where a job runs: the peer subprocesses stay torch-free
@@ -134,7 +134,7 @@ def delete_topics(topics: Iterable[Topics]) -> None:
     if not names:
         return
     first = next(iter(topics))
-    admin = KafkaAdminClient(**first.settings.client_kwargs())
+    admin = KafkaAdminClient(**first.settings.kafka_python_kwargs())
     try:
         admin.delete_topics(names, raise_errors=False)
     finally:

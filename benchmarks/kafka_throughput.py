@@ -65,7 +65,7 @@ from streamlearn.codec import decode
 from streamlearn.events import Feedback, Schema
 from streamlearn.ingest import Ingest
 from streamlearn.join import Joiner
-from streamlearn.kafka_source import KafkaSettings, KafkaSource, SourceConfig, create_topics, produce_stream
+from streamlearn.kafka import KafkaSettings, KafkaSource, SourceConfig, create_topics, produce_stream
 from streamlearn.learner import Learner, OptimConfig
 from streamlearn.model import ModelConfig
 from streamlearn.objective import Objective
@@ -101,7 +101,7 @@ def _tps(b: Bench) -> list[TopicPartition]:
 
 
 def _raw_loop(b: Bench, **config: object) -> Measured:
-    consumer = KafkaConsumer(**b.settings.client_kwargs(), enable_auto_commit=False,
+    consumer = KafkaConsumer(**b.settings.kafka_python_kwargs(), enable_auto_commit=False,
                              auto_offset_reset="earliest", **config)
     try:
         consumer.assign(_tps(b))
@@ -407,7 +407,7 @@ def run(bootstrap: str, events: int, partitions: int, codecs: list[str], repeat:
                 _emit({"bench": "kafka_throughput", "codec": codec, "row": "profile_job_1w (py-spy)",
                        **profile_job(bench, profile)})
         finally:
-            admin = KafkaAdminClient(**settings.client_kwargs())
+            admin = KafkaAdminClient(**settings.kafka_python_kwargs())
             try:
                 admin.delete_topics([settings.predictions_topic, settings.feedback_topic, settings.dlq_topic],
                                     raise_errors=False)

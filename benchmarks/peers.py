@@ -131,7 +131,7 @@ class VWPeer:
 def peer_main(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     from kafka import KafkaConsumer, TopicPartition
 
-    from streamlearn.kafka_source import SourceConfig
+    from streamlearn.kafka import SourceConfig
 
     src = SourceConfig()
     pred_topic, fb_topic = spec["predictions_topic"], spec["feedback_topic"]

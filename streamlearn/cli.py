@@ -25,7 +25,7 @@ from streamlearn.codec import CODECS
 from streamlearn.config import JobConfig
 from streamlearn.divergence import GUARDS, DivergenceConfig
 from streamlearn.evaluate import EvalConfig, evaluate
-from streamlearn.kafka_source import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaSettings, KafkaSetupError
+from streamlearn.kafka import CLIENTS, SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaSettings, KafkaSetupError
 from streamlearn.learner import OPTIMIZERS, OptimConfig
 from streamlearn.model import MODELS, ModelConfig
 from streamlearn.objective import OBJECTIVES, Objective
@@ -129,11 +129,14 @@ def _add_kafka(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sasl-username")
     g.add_argument("--sasl-password-file",
                    help="file holding the SASL password (else $STREAMLEARN_KAFKA_SASL_PASSWORD)")
+    g.add_argument("--kafka-client", choices=CLIENTS,
+                   help="Kafka client library (default confluent when confluent-kafka is installed, else kafka-python)")
 
 
 _KAFKA_FLAGS = {
     "sasl_password": "--sasl-password-file / $STREAMLEARN_KAFKA_SASL_PASSWORD",
     "connect_timeout_ms": "connect_timeout_ms",
+    "client": "--kafka-client",
 }
 
 
@@ -297,6 +300,7 @@ JOB_KEYS: dict[str, tuple[str, ...]] = {
     "ssl_cafile": ("kafka", "ssl_cafile"), "ssl_certfile": ("kafka", "ssl_certfile"),
     "ssl_keyfile": ("kafka", "ssl_keyfile"), "sasl_mechanism": ("kafka", "sasl_mechanism"),
     "sasl_username": ("kafka", "sasl_username"), "sasl_password_file": ("kafka", "sasl_password_file"),
+    "kafka_client": ("kafka", "client"),
 }
 
 
@@ -392,7 +396,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from streamlearn.kafka_source import create_topics, describe_topics
+    from streamlearn.kafka import create_topics, describe_topics
 
     settings = kafka_settings(args)
     try:
@@ -421,7 +425,7 @@ def stream_configs(args: argparse.Namespace) -> tuple[DataConfig, SimConfig]:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from streamlearn.kafka_source import produce_stream
+    from streamlearn.kafka import produce_stream
     from streamlearn.simulate import Simulator
 
     settings = kafka_settings(args)

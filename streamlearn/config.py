@@ -96,7 +96,7 @@ class StopConfig:
 
 @dataclass(frozen=True)
 class KafkaConfig:
-    """Kafka connection and topics; turned into kafka_source.KafkaSettings by the job."""
+    """Kafka connection and topics; turned into streamlearn.kafka.KafkaSettings by the job."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
     predictions_topic: str = "streamlearn.predictions"
@@ -110,6 +110,7 @@ class KafkaConfig:
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password_file: str | None = None
+    client: str | None = None  # confluent | kafka-python; None: confluent-kafka when installed
 
     def password(self) -> str | None:
         """The SASL password: from ``sasl_password_file`` if set, else $STREAMLEARN_KAFKA_SASL_PASSWORD."""
