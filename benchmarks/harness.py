@@ -453,7 +453,7 @@ def pyspy(pids: dict[int, bool], seconds: float, rate: int = 100) -> Iterator[di
 
 # Worker main-thread stages, first match wins, searched root -> leaf in each collapsed stack.
 WORKER_STAGES: list[tuple[str, str]] = [
-    ("poll (kafka-python)", r"KafkaSource\.next_batch \("),
+    ("poll (Kafka client)", r"KafkaSource\.next_batch \("),
     ("decode", r"^RecordDecoder\.__call__ \("),
     ("join", r"^Joiner\.add_(feedback|prediction) \("),
     ("learn, compiled (featurize, gradients, local steps)", r"^Learner\._compiled_batches \("),
