@@ -84,6 +84,8 @@ def _built(settings: KafkaSettings, make: Any, conf: dict[str, Any]) -> Any:
 
 
 class ConfluentReader:
+    """A librdkafka consumer on explicitly assigned pairs; it prefetches on its own thread."""
+
     def __init__(self, settings: KafkaSettings, config: ReaderConfig) -> None:
         self.settings = settings
         self._kinds: dict[str, Kind] = {t: k for k, t in settings.topics.items()}
@@ -217,6 +219,8 @@ def _delivered(on_delivery: Delivered, err: KafkaError | None, _msg: Message) ->
 
 
 class ConfluentWriter:
+    """A librdkafka producer: it batches, retries and partitions; outcomes run in :meth:`poll` / :meth:`flush`."""
+
     def __init__(self, settings: KafkaSettings, config: WriterConfig) -> None:
         self.settings = settings
         self._block_s = config.block_ms / 1000
@@ -263,6 +267,8 @@ def _log_error(err: KafkaError) -> None:
 
 
 class ConfluentAdmin:
+    """Topic descriptions and creation through librdkafka's admin client."""
+
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
         self._timeout_s = settings.connect_timeout_ms / 1000

@@ -51,6 +51,8 @@ def _translated(settings: KafkaSettings, doing: str) -> Iterator[None]:
 
 
 class KafkaPythonReader:
+    """A kafka-python consumer on explicitly assigned pairs; it fetches inside :meth:`read`."""
+
     def __init__(self, settings: KafkaSettings, config: ReaderConfig) -> None:
         self.settings = settings
         self._kinds: dict[str, Kind] = {t: k for k, t in settings.topics.items()}
@@ -117,6 +119,8 @@ class KafkaPythonReader:
 
 
 class KafkaPythonWriter:
+    """A kafka-python producer: it batches, retries and partitions; outcomes run on its sender thread."""
+
     def __init__(self, settings: KafkaSettings, config: WriterConfig) -> None:
         self.settings = settings
         with _translated(settings, "connect"):
@@ -173,6 +177,8 @@ def _acked(on_delivery: Delivered, _metadata: Any) -> None:
 
 
 class KafkaPythonAdmin:
+    """Topic descriptions and creation through kafka-python's admin client."""
+
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
         try:
