@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
+import pytest
 from kafka import KafkaProducer
 from kafka_helpers import EACH_CLIENT, SCHEMA, TopicFactory, drain
 
 from streamlearn.ingest import Ingest
 from streamlearn.kafka import KafkaSettings, KafkaSource, SourceConfig
 from streamlearn.source import Record
+
+pytestmark = pytest.mark.kafka
 
 Row = tuple[str, str, int, int, bytes | None, bytes | None]
 
