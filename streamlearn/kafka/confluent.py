@@ -246,11 +246,16 @@ class ConfluentWriter:
             kw["headers"] = headers
         if on_delivery is not None:
             kw["on_delivery"] = functools.partial(_delivered, on_delivery)
-        try:
-            self._producer.produce(topic, value, **kw)
-        except BufferError:  # the client's queue is full: let it deliver for up to block_ms, then once more
-            self._producer.poll(self._block_s)
-            self._producer.produce(topic, value, **kw)
+        end = time.monotonic() + self._block_s
+        while True:
+            try:
+                self._producer.produce(topic, value, **kw)
+                return
+            except BufferError:  # the client's queue is full: let it deliver for up to block_ms
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise
+                self._producer.poll(min(left, 0.1))
 
     def poll(self) -> None:
         self._producer.poll(0)
