@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from streamlearn.events import Event
-from streamlearn.kafka_source import KafkaSettings, create_topics, produce_stream
+from streamlearn.kafka import KafkaSettings, create_topics, produce_stream
 from streamlearn.simulate import DataConfig
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ def delete_topics(topics: Iterable[Topics]) -> None:
     if not names:
         return
     first = next(iter(topics))
-    admin = KafkaAdminClient(**first.settings.client_kwargs())
+    admin = KafkaAdminClient(**first.settings.kafka_python_kwargs())
     try:
         admin.delete_topics(names, raise_errors=False)
     finally:
@@ -442,7 +442,7 @@ def pyspy(pids: dict[int, bool], seconds: float, rate: int = 100) -> Iterator[di
 
 # Worker main-thread stages, first match wins, searched root -> leaf in each collapsed stack.
 WORKER_STAGES: list[tuple[str, str]] = [
-    ("poll (kafka-python)", r"KafkaSource\.next_batch \("),
+    ("poll (Kafka client)", r"KafkaSource\.next_batch \("),
     ("decode", r"^RecordDecoder\.__call__ \("),
     ("join", r"^Joiner\.add_(feedback|prediction) \("),
     ("learn, compiled (featurize, gradients, local steps)", r"^Learner\._compiled_batches \("),

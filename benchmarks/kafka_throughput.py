@@ -1,4 +1,4 @@
-"""Kafka ingest throughput: how close KafkaSource (+ decode + join) gets to a raw kafka-python loop.
+"""Kafka ingest throughput: how close KafkaSource (+ decode + join) gets to the clients' raw consume loops.
 
 For each codec, the simulated stream is produced ONCE to fresh uuid-named
 topics; then every row reads ALL of it from offset 0 and prints one JSON line:
@@ -7,8 +7,11 @@ topics; then every row reads ALL of it from offset 0 and prints one JSON line:
      "seconds": ..., "events_per_second": ..., "ratio_to_raw": ...}
 
 ``ratio_to_raw`` divides by the ``raw`` row: a bare kafka-python consume loop
-with the same consumer settings as KafkaSource (the ceiling). Rows are plain
-functions ``row_x(bench) -> Measured`` listed in ROWS.
+with the same consumer settings as KafkaSource (its public-API ceiling);
+``raw_confluent`` is librdkafka's (confluent-kafka ``consume(num_messages=...)``).
+``source`` reads through KafkaSource on the default client (confluent when
+installed), ``source_kafka_python`` on kafka-python. Rows are plain functions
+``row_x(bench) -> Measured`` listed in ROWS.
 
 End-to-end rows (the issue "Kafka ingestion"):
 
@@ -45,6 +48,7 @@ Events are counted as predictions + feedback. The topics are deleted after.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -64,7 +68,7 @@ from streamlearn.codec import decode
 from streamlearn.events import Feedback, Schema
 from streamlearn.ingest import Ingest
 from streamlearn.join import Joiner
-from streamlearn.kafka_source import KafkaSettings, KafkaSource, SourceConfig, create_topics, produce_stream
+from streamlearn.kafka import KafkaSettings, KafkaSource, SourceConfig, create_topics, produce_stream
 from streamlearn.learner import Learner, OptimConfig
 from streamlearn.model import ModelConfig
 from streamlearn.objective import Objective
@@ -100,7 +104,7 @@ def _tps(b: Bench) -> list[TopicPartition]:
 
 
 def _raw_loop(b: Bench, **config: object) -> Measured:
-    consumer = KafkaConsumer(**b.settings.client_kwargs(), enable_auto_commit=False,
+    consumer = KafkaConsumer(**b.settings.kafka_python_kwargs(), enable_auto_commit=False,
                              auto_offset_reset="earliest", **config)
     try:
         consumer.assign(_tps(b))
@@ -122,8 +126,30 @@ def row_raw(b: Bench) -> Measured:
     settings."""
     cfg = SourceConfig()
     return _raw_loop(b, fetch_max_bytes=cfg.fetch_max_bytes,
-                     max_partition_fetch_bytes=cfg.max_partition_fetch_bytes, check_crcs=cfg.crc_checks,
+                     max_partition_fetch_bytes=cfg.max_partition_fetch_bytes, check_crcs=cfg.check_crcs,
                      metrics_enabled=False)
+
+
+def row_raw_confluent(b: Bench) -> Measured:
+    """librdkafka's ceiling: confluent-kafka's consume(num_messages=10000) loop, touching nothing."""
+    from confluent_kafka import Consumer
+    from confluent_kafka import TopicPartition as Tp
+
+    cfg = SourceConfig()
+    consumer = Consumer({**b.settings.librdkafka_config(), "group.id": b.settings.group_id,
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "fetch.max.bytes": cfg.fetch_max_bytes, "receive.message.max.bytes": cfg.fetch_max_bytes + 512,
+                         "max.partition.fetch.bytes": cfg.max_partition_fetch_bytes, "fetch.wait.max.ms": 10})
+    try:
+        consumer.assign([Tp(tp.topic, tp.partition, -2) for tp in _tps(b)])  # -2: the beginning
+        n = 0
+        start = time.perf_counter()
+        while n < b.records:
+            n += sum(1 for m in consumer.consume(num_messages=10_000, timeout=0.5) if m.error() is None)
+        seconds = time.perf_counter() - start
+    finally:
+        consumer.close()
+    return Measured(b.events, n, seconds)
 
 
 def row_raw_defaults(b: Bench) -> Measured:
@@ -140,9 +166,17 @@ def _source_of(b: Bench, partitions: list[int]) -> KafkaSource:
 
 
 def row_source(b: Bench) -> Measured:
-    """KafkaSource.next_batch: the same consumer, read through streamlearn.record_batch and read ahead, plus
-    Records and positions. Above raw: the client's own record loop is most of raw's cost."""
-    source = _source(b)
+    """KafkaSource.next_batch on the default client: Records, read-ahead and positions over the client."""
+    return _source_rate(b, _source(b))
+
+
+def row_source_kafka_python(b: Bench) -> Measured:
+    """KafkaSource.next_batch on kafka-python (``--kafka-client kafka-python``)."""
+    settings = dataclasses.replace(b.settings, client="kafka-python")
+    return _source_rate(b, KafkaSource(settings, list(range(b.partitions))))
+
+
+def _source_rate(b: Bench, source: KafkaSource) -> Measured:
     try:
         n = 0
         start = time.perf_counter()
@@ -314,7 +348,8 @@ def row_job_2w_b32(b: Bench) -> Measured:
     return _job(b, 2, batch_size=32)
 
 
-ROWS: list[Callable[[Bench], Measured]] = [row_raw, row_raw_defaults, row_source, row_source_ingest,
+ROWS: list[Callable[[Bench], Measured]] = [row_raw, row_raw_defaults, row_raw_confluent, row_source,
+                                           row_source_kafka_python, row_source_ingest,
                                            row_source_ingest_2p,
                                            row_ingest_in_memory, row_learn_in_process, row_job_1w, row_job_2w,
                                            row_job_2w_b32]
@@ -400,13 +435,14 @@ def run(bootstrap: str, events: int, partitions: int, codecs: list[str], repeat:
                        "events_per_second": round(eps), "records_per_second": round(m.records / m.seconds),
                        "ratio_to_raw": round(eps / ceiling, 3) if ceiling else None,
                        "all_events_per_second": [round(r.events / r.seconds) for r in runs],
-                       "repeat": repeat, "partitions": partitions, "crc_checks": SourceConfig().crc_checks,
+                       "repeat": repeat, "partitions": partitions, "crc_checks": SourceConfig().check_crcs,
+                       "client": settings.client,
                        **m.extra})
             if profile and codec == "json":
                 _emit({"bench": "kafka_throughput", "codec": codec, "row": "profile_job_1w (py-spy)",
                        **profile_job(bench, profile)})
         finally:
-            admin = KafkaAdminClient(**settings.client_kwargs())
+            admin = KafkaAdminClient(**settings.kafka_python_kwargs())
             try:
                 admin.delete_topics([settings.predictions_topic, settings.feedback_topic, settings.dlq_topic],
                                     raise_errors=False)

@@ -131,13 +131,13 @@ class VWPeer:
 def peer_main(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     from kafka import KafkaConsumer, TopicPartition
 
-    from streamlearn.kafka_source import SourceConfig
+    from streamlearn.kafka import SourceConfig
 
     src = SourceConfig()
     pred_topic, fb_topic = spec["predictions_topic"], spec["feedback_topic"]
     consumer = KafkaConsumer(bootstrap_servers=spec["bootstrap"].split(","), enable_auto_commit=False,
                              auto_offset_reset="earliest", fetch_max_bytes=src.fetch_max_bytes,
-                             max_partition_fetch_bytes=src.max_partition_fetch_bytes, check_crcs=src.crc_checks,
+                             max_partition_fetch_bytes=src.max_partition_fetch_bytes, check_crcs=src.check_crcs,
                              metrics_enabled=False)
     tps = [TopicPartition(t, p) for t in (pred_topic, fb_topic) for p in range(spec["partitions"])]
     consumer.assign(tps)

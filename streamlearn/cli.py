@@ -23,7 +23,7 @@ from streamlearn.config import CODECS, OBJECTIVES, DataConfig, JobConfig, SimCon
 from streamlearn.config.flags import add_flags, flag_of, overrides, select
 
 if TYPE_CHECKING:  # typing only: the Kafka client loads when a command talks to Kafka
-    from streamlearn.kafka_source import KafkaSettings
+    from streamlearn.kafka import KafkaSettings
 
 
 class CliError(Exception):
@@ -83,7 +83,7 @@ _KAFKA_FLAGS = {
 def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
     """KafkaSettings from the kafka flags over $STREAMLEARN_KAFKA_* (the config loader's layering);
     a bad value is a one-line CliError naming the flag."""
-    from streamlearn.kafka_source import KafkaSettings
+    from streamlearn.kafka import KafkaSettings
 
     kafka = config.load_kafka(getattr(args, "config", None), overrides(args).get("kafka", {}))
     try:
@@ -158,7 +158,7 @@ def _run_job(cfg: JobConfig, name: str) -> dict[str, Any]:
     if not cfg.ray.address:
         loopback_ray()  # before streamlearn.job imports ray
     from streamlearn.job import Job
-    from streamlearn.kafka_source import KafkaSetupError
+    from streamlearn.kafka import KafkaSetupError
 
     job = Job(cfg, lambda msg: _log(f"{name}: {msg}"), handle_signals=True)
     try:
@@ -245,7 +245,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from streamlearn.kafka_source import KafkaSetupError, create_topics, describe_topics
+    from streamlearn.kafka import KafkaSetupError, create_topics, describe_topics
 
     settings = kafka_settings(args)
     try:
@@ -271,7 +271,7 @@ def stream_configs(args: argparse.Namespace) -> tuple[DataConfig, SimConfig]:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from streamlearn.kafka_source import KafkaSetupError, produce_stream
+    from streamlearn.kafka import KafkaSetupError, produce_stream
     from streamlearn.simulate import Simulator
 
     settings = kafka_settings(args)

@@ -53,14 +53,14 @@ def build_source(cfg: JobConfig, partitions: list[int]) -> tuple[EventSource, De
         src = MemorySource(lambda: Simulator(cfg.sim, cfg.data).events(block=64), cfg.partitions, partitions,
                            codec=cfg.codec)
         return src, None
-    from streamlearn.kafka_source import DeadLetterSink, KafkaSource
+    from streamlearn.kafka import DeadLetterSink, KafkaSource
 
     settings = kafka_settings(cfg)
     return KafkaSource(settings, partitions), DeadLetterSink(settings)
 
 
 def kafka_settings(cfg: JobConfig) -> Any:
-    from streamlearn.kafka_source import KafkaSettings
+    from streamlearn.kafka import KafkaSettings
 
     k = cfg.kafka
     return KafkaSettings(
@@ -68,7 +68,7 @@ def kafka_settings(cfg: JobConfig) -> Any:
         feedback_topic=k.feedback_topic, dlq_topic=k.dlq_topic, group_id=k.group_id,
         security_protocol=k.security_protocol, ssl_cafile=k.ssl_cafile, ssl_certfile=k.ssl_certfile,
         ssl_keyfile=k.ssl_keyfile, sasl_mechanism=k.sasl_mechanism, sasl_username=k.sasl_username,
-        sasl_password=k.password(),
+        sasl_password=k.password(), client=k.client,
     )
 
 
@@ -165,7 +165,7 @@ class Job:
     def _partitions(self) -> int:
         if self.cfg.source == "embedded":
             return self.cfg.partitions
-        from streamlearn.kafka_source import check_copartitioned
+        from streamlearn.kafka import check_copartitioned
 
         n: int = check_copartitioned(kafka_settings(self.cfg))
         if n < self.cfg.workers:

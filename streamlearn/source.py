@@ -5,7 +5,7 @@ records of the source's partitions, in offset order per partition, possibly
 none; ``positions`` says the next offset to read per (topic, partition),
 which is what a checkpoint stores; ``seek`` restarts from such positions;
 ``close`` releases it. The Kafka implementation lives in
-:mod:`streamlearn.kafka_source`, the only module that imports the client.
+:mod:`streamlearn.kafka`, the only package that imports a Kafka client.
 """
 
 from __future__ import annotations

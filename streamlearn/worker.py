@@ -78,7 +78,7 @@ def tune_gc() -> None:
 
 
 class DeadLetters(Protocol):
-    """Where a worker's dead letters go (:class:`~streamlearn.kafka_source.DeadLetterSink`): a write never
+    """Where a worker's dead letters go (:class:`~streamlearn.kafka.DeadLetterSink`): a write never
     raises; letters the broker has not acknowledged wait for :meth:`retry` and travel in checkpoints."""
 
     def write_many(self, dead: list[DeadLetter]) -> None: ...

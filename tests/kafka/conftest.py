@@ -19,7 +19,7 @@ import pytest
 from kafka.admin import KafkaAdminClient
 from kafka_helpers import LOCAL_SH, Broker, TopicFactory
 
-from streamlearn.kafka_source import KafkaSettings, create_topics
+from streamlearn.kafka import KafkaSettings, create_topics
 from tests.ports import free_port
 
 
@@ -50,7 +50,14 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 @pytest.fixture
-def kafka_topics(kafka_broker: Broker) -> Iterator[TopicFactory]:
+def kafka_client() -> str | None:
+    """The client the settings of ``kafka_topics`` name: None, the default. Contract-test modules
+    parametrize it over both clients (``kafka_helpers.EACH_CLIENT``)."""
+    return None
+
+
+@pytest.fixture
+def kafka_topics(kafka_broker: Broker, kafka_client: str | None) -> Iterator[TopicFactory]:
     """``kafka_topics(partitions=2)`` -> settings for fresh uuid-named topics, deleted after the test."""
     made: list[str] = []
 
@@ -58,7 +65,7 @@ def kafka_topics(kafka_broker: Broker) -> Iterator[TopicFactory]:
         u = uuid.uuid4().hex[:12]
         settings = KafkaSettings(kafka_broker.bootstrap, predictions_topic=f"test-{u}.predictions",
                                  feedback_topic=f"test-{u}.feedback", dlq_topic=f"test-{u}.dlq",
-                                 group_id=f"test-{u}", connect_timeout_ms=20_000)
+                                 group_id=f"test-{u}", connect_timeout_ms=20_000, client=kafka_client)
         made.extend([settings.predictions_topic, settings.feedback_topic, settings.dlq_topic])
         if create:
             create_topics(settings, partitions)

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from streamlearn.codec import MAGIC, decode
 from streamlearn.events import Event, Example, Feedback, Prediction, Schema
 from streamlearn.ingest import DeadLetter, Ingest
-from streamlearn.kafka_source import KafkaSettings, KafkaSource
+from streamlearn.kafka import CLIENTS, KafkaSettings, KafkaSource
 from streamlearn.simulate import DataConfig, SimConfig, Simulator
 from streamlearn.source import Record
 
@@ -70,7 +72,7 @@ def run_cli(settings: KafkaSettings, *args: str, timeout: float = 300) -> subpro
     env.pop("STREAMLEARN_KAFKA_BOOTSTRAP", None)
     cmd = [sys.executable, "-m", "streamlearn.cli", *args, "--bootstrap-servers", settings.bootstrap_servers,
            "--predictions-topic", settings.predictions_topic, "--feedback-topic", settings.feedback_topic,
-           "--dlq-topic", settings.dlq_topic]
+           "--dlq-topic", settings.dlq_topic, "--kafka-client", str(settings.client)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +100,9 @@ class Broker:
 
 
 TopicFactory = Callable[..., KafkaSettings]  # the kafka_topics fixture: makes uuid topics
+
+# a contract-test module's mark: each of its tests runs once per client (it overrides the kafka_client fixture)
+EACH_CLIENT = pytest.mark.parametrize("kafka_client", CLIENTS)
 
 
 DENSE = ", ".join(["0.5"] * 64)  # a valid 64-wide dense feature list, as JSON text

@@ -22,13 +22,12 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
-from kafka.consumer.fetcher import ConsumerRecord
 
 from streamlearn.codec import Kind, encode_json
 from streamlearn.events import Event, Prediction, Schema
 from streamlearn.ingest import Ingest
-from streamlearn.kafka_source import KafkaSettings, create_topics
-from streamlearn.source import Record, partition_of
+from streamlearn.kafka import KafkaSettings, create_topics, partition_for
+from streamlearn.source import Record
 
 RUN_TIMEOUT = 180.0  # one `run` on a loaded 2-CPU box; a hang fails the test instead of blocking the session
 RAY_CPUS = "2"
@@ -47,7 +46,8 @@ def cli_command(settings: KafkaSettings | None, *args: str) -> list[str]:
     cmd = [sys.executable, "-m", "streamlearn.cli", *args]
     if settings is not None:
         cmd += ["--bootstrap-servers", settings.bootstrap_servers, "--predictions-topic", settings.predictions_topic,
-                "--feedback-topic", settings.feedback_topic, "--dlq-topic", settings.dlq_topic]
+                "--feedback-topic", settings.feedback_topic, "--dlq-topic", settings.dlq_topic,
+                "--kafka-client", str(settings.client)]
     return cmd
 
 
@@ -163,11 +163,11 @@ def end_offsets(settings: KafkaSettings, partitions: int) -> dict[str, int]:
     return {f"{tp.topic}:{tp.partition}": off for tp, off in ends.items()}
 
 
-def read_topic(settings: KafkaSettings, topic: str, want: int, timeout: float = 30.0) -> list[ConsumerRecord]:
+def read_topic(settings: KafkaSettings, topic: str, want: int, timeout: float = 30.0) -> list[Any]:
     """Every record of ``topic`` from the start: until ``want`` came, then a short look for extras."""
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                              auto_offset_reset="earliest")
-    out: list[ConsumerRecord] = []
+    out: list[Any] = []
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         consumer.assign([TopicPartition(topic, p) for p in parts])
@@ -214,7 +214,8 @@ def replay(events: list[Event], partitions: int, schema: Schema) -> Expected:
     records = []
     for i, ev in enumerate(events):
         kind: Kind = "prediction" if isinstance(ev, Prediction) else "feedback"
-        records.append(Record(kind, kind, partition_of(ev.id, partitions), i, ev.id.encode(), encode_json(ev)))
+        key = ev.id.encode()
+        records.append(Record(kind, kind, partition_for(key, partitions), i, key, encode_json(ev)))
     res = ingest.process(records)
     assert not res.dead
     joins = ingest.join_counts()

@@ -8,10 +8,21 @@ import time
 
 import pytest
 from kafka.admin import KafkaAdminClient
-from kafka_helpers import SCHEMA, Broker, TopicFactory, decoded, drain, expected_examples, identity, run_cli, simulate
+from kafka_helpers import (
+    EACH_CLIENT,
+    SCHEMA,
+    Broker,
+    TopicFactory,
+    decoded,
+    drain,
+    expected_examples,
+    identity,
+    run_cli,
+    simulate,
+)
 
 from streamlearn.ingest import Ingest
-from streamlearn.kafka_source import (
+from streamlearn.kafka import (
     KafkaSetupError,
     KafkaSource,
     SourceConfig,
@@ -21,7 +32,7 @@ from streamlearn.kafka_source import (
     produce_stream,
 )
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, EACH_CLIENT]
 
 
 def test_topics_create_then_describe(kafka_topics: TopicFactory) -> None:
@@ -89,7 +100,7 @@ def test_broker_restart_mid_stream_loses_nothing(kafka_broker: Broker, kafka_top
     source = KafkaSource(settings, [0, 1], config=SourceConfig(idle_probe_s=0.5, probe_timeout_ms=1000,
                                                                max_backoff_s=1.0))
     ingest = Ingest(SCHEMA)
-    caplog.set_level(logging.WARNING, logger="streamlearn.kafka_source")
+    caplog.set_level(logging.WARNING, logger="streamlearn.kafka")
     try:
         before = drain(source, ingest, first["records"] // 2, batch=50)
         kafka_broker.stop()
@@ -111,17 +122,17 @@ def test_broker_restart_mid_stream_loses_nothing(kafka_broker: Broker, kafka_top
     assert identity(decoded(records)) == identity(events)
     examples = before.examples + during.examples + after.examples
     assert ingest.join_counts()["joined"] == len(examples) == expected_examples(events)
-    messages = [r.getMessage() for r in caplog.records if r.name == "streamlearn.kafka_source"]
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("streamlearn.kafka")]
     assert any("unavailable" in m for m in messages)
     assert any("reachable again" in m for m in messages)
 
 
-def test_unreachable_broker_is_retried_not_raised(caplog: pytest.LogCaptureFixture) -> None:
-    from streamlearn.kafka_source import KafkaSettings
+def test_unreachable_broker_is_retried_not_raised(kafka_client: str, caplog: pytest.LogCaptureFixture) -> None:
+    from streamlearn.kafka import KafkaSettings
     from tests.ports import free_port
 
-    settings = KafkaSettings(f"127.0.0.1:{free_port()}", connect_timeout_ms=500)
-    caplog.set_level(logging.WARNING, logger="streamlearn.kafka_source")
+    settings = KafkaSettings(f"127.0.0.1:{free_port()}", connect_timeout_ms=500, client=kafka_client)
+    caplog.set_level(logging.WARNING, logger="streamlearn.kafka")
     start = time.monotonic()
     source = KafkaSource(settings, [0], config=SourceConfig(backoff_s=0.1, max_backoff_s=0.2))
     try:

@@ -1,17 +1,19 @@
-"""KafkaSource reads record batches itself and reads ahead: the same records as kafka-python's own path."""
+"""Every kind of record batch a broker hands out reads the same on both clients; seeks and the read-ahead."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import pytest
 from kafka import KafkaProducer
-from kafka_helpers import SCHEMA, TopicFactory, drain
+from kafka_helpers import EACH_CLIENT, SCHEMA, TopicFactory, drain
 
-from streamlearn import kafka_source
 from streamlearn.ingest import Ingest
-from streamlearn.kafka_source import KafkaSettings, KafkaSource, SourceConfig
+from streamlearn.kafka import KafkaSettings, KafkaSource, SourceConfig
 from streamlearn.source import Record
+
+pytestmark = pytest.mark.kafka
 
 Row = tuple[str, str, int, int, bytes | None, bytes | None]
 
@@ -55,8 +57,8 @@ def _write_mixed(settings: KafkaSettings) -> int:
     return n
 
 
-def _read_all(settings: KafkaSettings, want: int, batch: int, **cfg: object) -> list[Row]:
-    source = KafkaSource(settings, [0, 1], config=SourceConfig(**cfg))  # type: ignore[arg-type]
+def _read_all(settings: KafkaSettings, want: int, batch: int, client: str) -> list[Row]:
+    source = KafkaSource(dataclasses.replace(settings, client=client), [0, 1])
     try:
         got = drain(source, Ingest(SCHEMA), want, batch=batch).records
         assert source.positions() == {(r.topic, r.partition): r.offset + 1 for r in got}
@@ -65,21 +67,24 @@ def _read_all(settings: KafkaSettings, want: int, batch: int, **cfg: object) -> 
     return _rows(got)
 
 
-def test_batches_read_directly_equal_the_clients_own_reading(kafka_topics: TopicFactory) -> None:
+def test_both_clients_read_every_kind_of_batch_the_same(kafka_topics: TopicFactory) -> None:
     settings = kafka_topics(partitions=2)
     n = _write_mixed(settings)
-    ours = _read_all(settings, n, batch=113)
-    theirs = _read_all(settings, n, batch=113, read_batches=False)
+    ours = _read_all(settings, n, 113, "confluent")
+    theirs = _read_all(settings, n, 113, "kafka-python")
     assert len(ours) == n
     assert sorted(ours) == sorted(theirs)
-    for tp in {(r[1], r[2]) for r in ours}:  # per partition: the client's order, control markers skipped
+    for tp in {(r[1], r[2]) for r in ours}:  # per partition: offset order, control markers skipped
         assert [r for r in ours if (r[1], r[2]) == tp] == [r for r in theirs if (r[1], r[2]) == tp]
+        offsets = [r[3] for r in ours if (r[1], r[2]) == tp]
+        assert offsets == sorted(offsets)
     for topic in (settings.predictions_topic, settings.feedback_topic):  # the commit marker left a hole
         offsets = [r[3] for r in ours if r[1] == topic and r[2] == 1]
         assert len(set(range(offsets[0], offsets[-1] + 1)) - set(offsets)) == 1
     assert any(r[5] is None for r in ours) and any(r[4] is None for r in ours)
 
 
+@EACH_CLIENT
 def test_a_seek_into_a_compressed_batch_starts_at_that_record(kafka_topics: TopicFactory) -> None:
     settings = kafka_topics(partitions=1)
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=200, compression_type="gzip")
@@ -89,16 +94,15 @@ def test_a_seek_into_a_compressed_batch_starts_at_that_record(kafka_topics: Topi
         producer.flush()
     finally:
         producer.close()
-    for read_batches in (True, False):
-        source = KafkaSource(settings, [0], positions={(settings.predictions_topic, 0): 37},
-                             config=SourceConfig(read_batches=read_batches))
-        try:
-            got = drain(source, Ingest(SCHEMA), 63).records
-        finally:
-            source.close()
-        assert [(r.offset, r.value) for r in got] == [(i, b"%d" % i) for i in range(37, 100)], read_batches
+    source = KafkaSource(settings, [0], positions={(settings.predictions_topic, 0): 37})
+    try:
+        got = drain(source, Ingest(SCHEMA), 63).records
+    finally:
+        source.close()
+    assert [(r.offset, r.value) for r in got] == [(i, b"%d" % i) for i in range(37, 100)]
 
 
+@EACH_CLIENT
 def test_read_ahead_returns_and_moves_only_what_was_asked(kafka_topics: TopicFactory) -> None:
     settings = kafka_topics(partitions=2)
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20)
@@ -123,23 +127,3 @@ def test_read_ahead_returns_and_moves_only_what_was_asked(kafka_topics: TopicFac
     assert set(_rows(first)) <= set(_rows(again))
     assert sorted((r.partition, r.offset) for r in again) == sorted(
         (p, o) for p in (0, 1) for o in range(300))
-
-
-def test_a_client_without_the_hooks_uses_its_own_reader(kafka_topics: TopicFactory,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = kafka_topics(partitions=1)
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
-    try:
-        for i in range(10):
-            producer.send(settings.feedback_topic, partition=0, value=b"%d" % i)
-        producer.flush()
-    finally:
-        producer.close()
-    monkeypatch.setattr(kafka_source, "_read_batches", lambda consumer, kinds: False)
-    source = KafkaSource(settings, [0])
-    try:
-        got = drain(source, Ingest(SCHEMA), 10).records
-        assert not source._batches
-    finally:
-        source.close()
-    assert [(r.kind, r.offset, r.value) for r in got] == [("feedback", i, b"%d" % i) for i in range(10)]

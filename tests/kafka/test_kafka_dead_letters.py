@@ -9,6 +9,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka_helpers import (
     DENSE,
+    EACH_CLIENT,
     MALFORMED_CORE,
     SCHEMA,
     Sent,
@@ -21,7 +22,7 @@ from kafka_helpers import (
 
 from streamlearn.events import Schema
 from streamlearn.ingest import Ingest
-from streamlearn.kafka_source import (
+from streamlearn.kafka import (
     H_DETAIL,
     H_ERROR,
     H_OFFSET,
@@ -32,7 +33,7 @@ from streamlearn.kafka_source import (
     produce_stream,
 )
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, EACH_CLIENT]
 
 # (stream, value, expected reason)
 MALFORMED = [

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewPartitions
-from kafka.consumer.fetcher import ConsumerRecord
 from kafka_helpers import MALFORMED_CORE, SCHEMA, Broker, Sent, TopicFactory, send_malformed, simulate
 from run_helpers import (
     Cli,
@@ -36,7 +35,7 @@ from run_helpers import (
     wait_until,
 )
 
-from streamlearn.kafka_source import H_DETAIL, H_ERROR, H_OFFSET, H_PARTITION, H_TOPIC, KafkaSettings, produce_stream
+from streamlearn.kafka import H_DETAIL, H_ERROR, H_OFFSET, H_PARTITION, H_TOPIC, KafkaSettings, produce_stream
 
 pytestmark = pytest.mark.kafka
 
@@ -117,7 +116,7 @@ class MixedRun:
     valid_records: int
     expected: Expected
     sent: Sent  # where -> (key, value, reason)
-    letters: list[ConsumerRecord]
+    letters: list[Any]
 
 
 @pytest.fixture(scope="module")
