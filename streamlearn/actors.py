@@ -295,7 +295,7 @@ class WorkerActor:
     def __init__(self, worker: int, cfg: Any, partitions: list[int], shards: list[Any]) -> None:
         torch.set_num_threads(1)
         tune_gc()
-        from streamlearn.job import build_worker
+        from streamlearn.build import build_worker
 
         self.worker = build_worker(cfg, worker, partitions, RayParamClient.of(shards, cfg.model))
 

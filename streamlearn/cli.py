@@ -24,7 +24,7 @@ from streamlearn import config
 from streamlearn.codec import CODECS
 from streamlearn.config import JobConfig
 from streamlearn.divergence import GUARDS, DivergenceConfig
-from streamlearn.evaluate import EvalConfig, evaluate
+from streamlearn.evaluate import EvalConfig, evaluate, heldout_summary
 from streamlearn.kafka_source import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaSettings, KafkaSetupError
 from streamlearn.learner import OPTIMIZERS, OptimConfig
 from streamlearn.model import MODELS, ModelConfig
@@ -327,6 +327,8 @@ def _run_job(cfg: JobConfig, name: str) -> dict[str, Any]:
         summary = job.run()
     except KafkaSetupError as exc:
         raise CliError(str(exc)) from exc
+    if cfg.source == "embedded":  # the simulator knows the true labels of a held-out set: score the model on it
+        summary.update(heldout_summary(cfg, job.weights))
     _log(f"{name}: stopped ({summary['stop_reason']}): {summary['events_consumed']} records, "
          f"{summary['model_examples_positive']}+/{summary['model_examples_negative']}- examples in the model, "
          f"progressive accuracy {summary['progressive_accuracy']}, {summary['events_per_second']} records/s")
