@@ -52,10 +52,11 @@ class Checkpointer:
     def save(self, lineage: Counter[tuple[int, str]]) -> Path:
         """Write the paused job: shards, workers, assignment and the model's lineage, in one file."""
         assert self.cfg.checkpoint.dir is not None
-        shards = self.fleet.shard_states()
-        state = {"format": FORMAT, "version": shards[0]["version"], "shards": shards,
-                 "workers": self.fleet.snapshots(), "assignment": self.assignment, "lineage": dict(lineage),
-                 "model": self.cfg.model, "classes": self.cfg.classes}
+        shards, workers = self.fleet.shard_states(), self.fleet.snapshots()
+        self.fleet.check()  # a restarted actor's fresh state must not be saved
+        state = {"format": FORMAT, "version": shards[0]["version"], "shards": shards, "workers": workers,
+                 "assignment": self.assignment, "lineage": dict(lineage), "model": self.cfg.model,
+                 "classes": self.cfg.classes}
         path = checkpoint.save(self.cfg.checkpoint.dir, state, self.cfg.checkpoint.keep)
         self.saved += 1
         self.last = str(path)
@@ -97,6 +98,7 @@ class Checkpointer:
         deadline = time.monotonic() + self.retry_seconds
         while True:
             try:
+                self.fleet.accept()
                 return self.restore(found[1])
             except ActorLost:
                 if time.monotonic() > deadline:

@@ -89,8 +89,9 @@ class Job:
         """The final reads, after the drain: where the sources stand and the model; then the summary."""
         seconds = time.monotonic() - self.stop.started
         self.hooks.finishing()
-        snapshots = self.fleet.snapshots()
-        self.weights = self.fleet.weights()
+        snapshots, weights = self.fleet.snapshots(), self.fleet.weights()
+        self.fleet.check()  # else a restarted actor's fresh state would be reported
+        self.weights = weights
         loop, ck = self.loop, self.checkpointer
         return summarize(self.cfg, loop.totals, Ending(
             lineage=loop.lineage, positions=positions(snapshots), divergence_events=self.guard.policy.detector.events,

@@ -67,6 +67,15 @@ class Fleet(Protocol):
         """The model's parameters, merged over the shards."""
         ...
 
+    def check(self) -> None:
+        """Raise ActorLost if an actor restarted since it was built or last :meth:`accept`-ed: a restarted
+        actor answers calls with fresh state, so reads that go into a checkpoint or the summary are checked."""
+        ...
+
+    def accept(self) -> None:
+        """Take every actor as it is now (a restore is about to load them all)."""
+        ...
+
     def close(self) -> None:
         """Close the workers' sources and sinks and end every actor (best effort)."""
         ...

@@ -39,6 +39,10 @@ def start_ray(r: RayConfig) -> None:
                     "before ray is imported (as `streamlearn run` does)", node)
 
 
+def _process_id(_actor: Any) -> str:
+    return str(ray.get_runtime_context().get_worker_id())
+
+
 @contextlib.contextmanager
 def _lost() -> Iterator[None]:
     try:
@@ -57,6 +61,7 @@ class RayFleet:
         # every actor constructed (sources connected, servers built) before any idle clock starts
         with _lost():
             ray.get([w.ready.remote() for w in self.handles] + [s.call.remote("norm_sq") for s in self.shards])
+        self._seen = self._incarnations()
 
     @property
     def actors(self) -> list[Any]:
@@ -131,6 +136,21 @@ class RayFleet:
 
     def weights(self) -> list[Any]:
         return merge(self._call("weights"))
+
+    def check(self) -> None:
+        now = self._incarnations()
+        if now != self._seen:
+            restarted = sum(a != b for a, b in zip(now, self._seen, strict=True))
+            self._seen = now
+            raise ActorLost(f"{restarted} actor(s) restarted")
+
+    def accept(self) -> None:
+        self._seen = self._incarnations()
+
+    def _incarnations(self) -> list[str]:
+        """Each actor's Ray worker process id: a restart runs the actor in another process."""
+        with _lost():
+            return list(ray.get([a.__ray_call__.remote(_process_id) for a in self.actors]))
 
     def close(self) -> None:
         try:

@@ -19,7 +19,8 @@ from streamlearn.worker import StepResult
 
 class LocalFleet:
     """Steps run when their result is read. :meth:`kill` loses an actor as a crash does: it comes back
-    rebuilt from the config with nothing in it (as Ray restarts it), and the next call raises ActorLost."""
+    rebuilt from the config with nothing in it (as Ray restarts it), and the next call raises ActorLost; or,
+    ``silent``, calls answer from the fresh actor and only :meth:`check` tells."""
 
     def __init__(self, cfg: JobConfig, assignment: list[list[int]]) -> None:
         self.cfg, self.assignment = cfg, assignment
@@ -30,14 +31,16 @@ class LocalFleet:
         self._queued: dict[int, tuple[int, int | None, bool]] = {}
         self._ids = itertools.count()
         self._lost = False
+        self._restarted = False
         self.calls: Counter[str] = Counter()
 
-    def kill(self, worker: int | None = None, shard: int | None = None) -> None:
+    def kill(self, worker: int | None = None, shard: int | None = None, silent: bool = False) -> None:
         if worker is not None:
             self.handles[worker] = build_worker(self.cfg, worker, self.assignment[worker], self.client)
         if shard is not None:
             self.shards[shard] = self.client.shards[shard] = Shard(shard, self.cfg.ps, self.cfg.model, self.cfg.optim)
-        self._lost = True
+        self._restarted = True
+        self._lost = not silent
 
     def _check(self, name: str) -> None:
         self.calls[name] += 1
@@ -119,6 +122,16 @@ class LocalFleet:
     def weights(self) -> list[Any]:
         self._check("weights")
         return merge([s.weights() for s in self.shards])
+
+    def check(self) -> None:
+        self._check("check")
+        if self._restarted:
+            self._restarted = False
+            raise ActorLost("restarted")
+
+    def accept(self) -> None:
+        self.calls["accept"] += 1
+        self._restarted = False
 
     def close(self) -> None:
         self.calls["close"] += 1

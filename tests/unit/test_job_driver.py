@@ -100,6 +100,21 @@ def test_an_actor_lost_before_the_final_reads_does_not_crash_the_job(tmp_path: P
     assert s["model_examples_by_partition"] == stream_lineage(cfg)
 
 
+@pytest.mark.parametrize("victim", ["worker", "shard"])
+def test_an_actor_restarted_unnoticed_is_caught_before_its_state_is_reported(tmp_path: Path, victim: str) -> None:
+    """A restarted actor may answer the final reads with fresh state (no call failed): the reads are checked,
+    and the job recovers and reports the model the stream made, not an empty one."""
+    import torch
+
+    cfg = job_config(tmp_path)
+    reference = run(job_config(tmp_path / "reference"))[0].weights
+    job, s = run(cfg, At("finishing", lambda f: f.kill(**{victim: 0}, silent=True)))
+    assert s["recoveries"] == 1 and s["model_examples_by_partition"] == stream_lineage(cfg)
+    assert sum(s["offsets"].values()) == s["events_consumed"]
+    for a, b in zip(job.weights, reference, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_an_actor_lost_during_a_checkpoint_write_is_recovered(tmp_path: Path) -> None:
     cfg = job_config(tmp_path)
     kill = At("checkpointed", lambda f: f.kill(worker=0), lambda j: j.checkpoints == 2)
