@@ -155,6 +155,8 @@ class JobConfig:
         if self.source == "embedded" and self.workers > self.partitions:
             raise ConfigError(f"workers: {self.workers} workers need at least as many partitions "
                               f"(partitions is {self.partitions})")
+        if self.data.sparse_active and self.model.kind != "hashed":
+            raise ConfigError(f"data.sparse_active: named features need model hashed (model is {self.model.kind})")
         if self.codec not in ("json", "binary"):
             raise ConfigError(f"codec: unknown {self.codec!r}, choose json or binary")
         if self.model.n_classes != len(self.classes) or self.model.n_features != self.n_features:
@@ -163,7 +165,7 @@ class JobConfig:
 
     @property
     def schema(self) -> Schema:
-        return Schema(self.classes, self.n_features)
+        return Schema(self.classes, self.n_features, named_features=self.model.kind == "hashed")
 
 
 # -- loading ------------------------------------------------------------------------
@@ -357,6 +359,16 @@ def _embedded_shape(values: dict[str, Any], classes: list[str] | None, n_feature
     return data
 
 
+def _check_checkpoint_dir(path: Path) -> None:
+    """The checkpoint directory (made if missing) must be a writable directory: found now, not at the first save."""
+    where = f"checkpoint.dir (--checkpoint-dir): {str(path)!r}"
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"{where}: {str(existing)!r} is a file, not a directory")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: cannot write in {str(existing)!r} (permission denied)")
+
+
 def _check_paths(cfg: JobConfig) -> None:
     """Files the job opens long after start (behind Ray's start-up) are checked now, naming their key."""
     history = cfg.metrics.history
@@ -370,6 +382,9 @@ def _check_paths(cfg: JobConfig) -> None:
         writable = os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)
         if not writable:
             raise ConfigError(f"metrics.history: cannot write {history!r} (permission denied)")
+    directory = cfg.checkpoint.dir
+    if directory:
+        _check_checkpoint_dir(Path(directory))
     for key in ("tls_certfile", "tls_keyfile"):
         name = getattr(cfg.metrics, key)
         if name and not (Path(name).is_file() and os.access(name, os.R_OK)):

@@ -8,6 +8,7 @@ durations, low-cardinality labels only (never an event id).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import time
@@ -16,6 +17,8 @@ from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from streamlearn.divergence import KINDS as DIVERGENCE_KINDS
+from streamlearn.join import OUTCOMES as JOIN_OUTCOMES
 from streamlearn.worker import StepResult
 
 METRIC_NAMES = (
@@ -122,11 +125,23 @@ class Metrics:
                                        "micro-batches before pushing it (featurize, gradients, local optimizer "
                                        "steps, and any pull or reply it waits for first)", buckets=BATCH_BUCKETS,
                                        registry=r)
+        self._start_known_series()
         self._recent: dict[str, float] = {}
         self._pending: dict[int, int] = {}
         self.last_checkpoint = time.time()
         self._history: IO[str] | None = None
         self._history_at = 0.0
+
+    def _start_known_series(self) -> None:
+        """Export every known label value at 0, so ``increase()`` in an alert sees the first event of a kind."""
+        for kind in DIVERGENCE_KINDS:
+            self.divergence.labels(kind)
+        for polarity in ("positive", "negative"):
+            self.examples.labels(polarity)
+        for action in ("dropped", "downweighted"):
+            self.stale.labels(action)
+        for outcome in JOIN_OUTCOMES:
+            self.events.labels("all", outcome)
 
     # -- the scrape endpoint ---------------------------------------------------
 
@@ -134,8 +149,14 @@ class Metrics:
         """Start the endpoint; returns the bound port (useful with port 0)."""
         if cfg.port is None:
             return None
-        server, _ = start_http_server(cfg.port, addr=cfg.host, registry=self.registry,
-                                      certfile=cfg.tls_certfile, keyfile=cfg.tls_keyfile)
+        try:
+            server, _ = start_http_server(cfg.port, addr=cfg.host, registry=self.registry,
+                                          certfile=cfg.tls_certfile, keyfile=cfg.tls_keyfile)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ValueError(f"--metrics-port: {cfg.host}:{cfg.port} is already in use (another streamlearn or "
+                             "exporter?); choose a free port, or 0 for any") from exc
         self._server = server
         return int(server.server_port)
 

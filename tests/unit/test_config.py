@@ -154,3 +154,23 @@ def test_embedded_shape_follows_the_data_section(tmp_path: Path) -> None:
     cfg = config.load(str(f), {}, env={})
     assert (len(cfg.classes), cfg.n_features, cfg.model.n_classes, cfg.data.n_classes) == (3, 5, 3, 3)
     assert config.load(None, {"classes": "a,b"}, env={"STREAMLEARN_SOURCE": "kafka"}).classes == ("a", "b")
+
+
+def test_named_sparse_features_on_a_dense_model_fail_at_start(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("data: {dataset: synthetic, sparse_active: 20}\n")
+    with pytest.raises(ConfigError, match=r"data\.sparse_active: named features need model hashed"):
+        config.load(str(f), {})
+    f.write_text("data: {dataset: synthetic, sparse_active: 20}\nmodel: {kind: hashed}\n")
+    assert config.load(str(f), {}).schema.named_features
+    f.write_text("")
+    assert not config.load(str(f), {}).schema.named_features
+
+
+def test_a_checkpoint_dir_that_is_a_file_fails_at_start_naming_the_flag(tmp_path: Path) -> None:
+    taken = tmp_path / "ckpt"
+    taken.write_text("not a directory")
+    for directory in (taken, taken / "sub"):
+        with pytest.raises(ConfigError, match=r"--checkpoint-dir.*is a file, not a directory"):
+            config.load(None, {"checkpoint": {"dir": str(directory)}})
+    assert config.load(None, {"checkpoint": {"dir": str(tmp_path / "new" / "dir")}}).checkpoint.dir
