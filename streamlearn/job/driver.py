@@ -61,11 +61,13 @@ class Job:
         self.metrics_port = self.metrics.serve(cfg.metrics)
         if self.metrics_port is not None and self.progress:
             self.progress(f"metrics on http://{cfg.metrics.host}:{self.metrics_port}/metrics")
-        self.fleet = make(cfg, self.assignment)
         try:
-            return self._run(self.fleet)
+            self.fleet = make(cfg, self.assignment)
+            try:
+                return self._run(self.fleet)
+            finally:
+                self.fleet.close()
         finally:
-            self.fleet.close()
             self.metrics.close()
 
     def _run(self, fleet: Fleet) -> dict[str, Any]:
