@@ -146,3 +146,42 @@ def test_a_restarted_job_resumes_and_a_regrouped_one_too(tmp_path: Path) -> None
     assert second["restored_from"] is not None and second["workers"] == 1
     assert second["model_examples_by_partition"] == stream_lineage(cfg)
     assert first["events_consumed"] + second["events_consumed"] == sum(second["offsets"].values())
+
+
+class KillAtCall(LocalFleet):
+    """Kills worker 0 the first time ``call`` runs (``restore``: inside a recovery; ``drain``: a drain step)."""
+
+    call = ""
+
+    def __init__(self, cfg: JobConfig, assignment: list[list[int]]) -> None:
+        super().__init__(cfg, assignment)
+        self.fired = False
+
+    def _fire(self, name: str) -> None:
+        if name == self.call and not self.fired:
+            self.fired = True
+            self.kill(worker=0)
+
+    def restore(self, states: list[dict[str, Any]]) -> None:
+        self._fire("restore")
+        super().restore(states)
+
+    def result(self, step: Any) -> StepResult:
+        if self._queued[step][2]:
+            self._fire("drain")
+        return super().result(step)
+
+
+@pytest.mark.parametrize("call", ["restore", "drain"])
+def test_an_actor_lost_during_a_recovery_or_the_drain_is_recovered(tmp_path: Path, call: str) -> None:
+    """A second loss while the first recovery restores (it restores again), or a loss in the job's last steps
+    (it recovers, replays and drains again): either way every event is in the model once."""
+    cfg = job_config(tmp_path)
+    fleet = type("Fleet", (KillAtCall,), {"call": call})
+    hooks = At("folded", lambda f: f.kill(worker=1), after_a_checkpoint_and_records) if call == "restore" else None
+    job = Job(cfg, hooks=hooks, fleet=fleet)
+    if hooks is not None:
+        hooks.job = job
+    s = job.run()
+    assert job.fleet.fired  # type: ignore[attr-defined]
+    assert s["recoveries"] >= 1 and s["model_examples_by_partition"] == stream_lineage(cfg)
