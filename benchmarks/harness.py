@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: a throwaway broker, topics, a timed Job, memory sampling, py-spy.
 
 Throughput of a job is measured from the first record consumed to the last,
-never from process or Ray start: :class:`TimedJob` waits, after building
+never from process or Ray start: :func:`_timing_hooks` waits, after building
 the actors, until every worker and parameter-server actor answers a call
 (constructed: Kafka consumer connected, offsets resolved), so
 the window opens just before the workers' first poll; it closes when the
@@ -272,49 +272,48 @@ class JobRun:
         return self.events / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _timed_job_class() -> type:
+def _timing_hooks() -> Any:
     import ray
 
-    from streamlearn.job import Job
+    from streamlearn.job import Hooks
 
-    class TimedJob(Job):  # type: ignore[misc]
-        """Job that waits for its actors before the loop and stamps every step result the driver folds in."""
+    class Timing(Hooks):
+        """Waits for the job's actors before the loop and stamps every step result the driver folds in."""
 
-        stamps: list[Stamp]
-        ready: float
-        pids: list[int]  # workers', then shards' processes
-        procs: list[psutil.Process]
-        ready_event = threading.Event()
-        cpu: tuple[dict[str, float], dict[str, float]]  # CPU seconds by role when ready, at the last record
+        def __init__(self) -> None:
+            self.job: Any = None
+            self.stamps: list[Stamp] = []
+            self.ready_at = 0.0
+            self.pids: list[int] = []  # workers', then shards' processes
+            self.procs: list[psutil.Process] = []
+            self.ready_event = threading.Event()
+            self.cpu: tuple[dict[str, float], dict[str, float]] = ({}, {})  # CPU s by role: when ready, last record
 
         def _cpu(self) -> dict[str, float]:
             """User + system CPU seconds so far: the driver, the workers together, the shards together."""
             out = {"driver": sum(psutil.Process().cpu_times()[:2]), "workers": 0.0, "servers": 0.0}
             for i, proc in enumerate(self.procs):
                 with suppress(psutil.Error):
-                    out["workers" if i < len(self.workers) else "servers"] += sum(proc.cpu_times()[:2])
+                    out["workers" if i < self.job.fleet.workers else "servers"] += sum(proc.cpu_times()[:2])
             return out
 
-        def _build(self) -> None:
-            super()._build()
-            ray.get([w.snapshot.remote() for w in self.workers] +
-                    [s.norm_sq.remote() for s in self.shards])  # every actor constructed
-            self.pids = ray.get([a.__ray_call__.remote(lambda _self: os.getpid())
-                                 for a in [*self.workers, *self.shards]])
-            self.stamps = []
+        def ready(self) -> None:
+            fleet = self.job.fleet
+            ray.get([w.snapshot.remote() for w in fleet.handles] +
+                    [s.norm_sq.remote() for s in fleet.shards])  # every actor constructed
+            self.pids = ray.get([a.__ray_call__.remote(lambda _self: os.getpid()) for a in fleet.actors])
             self.procs = [psutil.Process(pid) for pid in self.pids]
             start = self._cpu()
             self.cpu = (start, start)
-            self.ready = time.perf_counter()
+            self.ready_at = time.perf_counter()
             self.ready_event.set()
 
-        def _fold(self, r: Any) -> None:
+        def folded(self, r: Any) -> None:
             if r.records:
                 self.stamps.append(Stamp(time.perf_counter(), r.worker, r.records, r.step_seconds))
                 self.cpu = (self.cpu[0], self._cpu())  # ~0.1 ms, once per step result
-            super()._fold(r)
 
-    return TimedJob
+    return Timing()
 
 
 def window(ready: float, stamps: list[Stamp], per_record: float) -> tuple[int, float]:
@@ -335,15 +334,17 @@ def run_job(cfg: Any, topics: Topics, profile: float = 0.0) -> JobRun:
 
     start_ray()
     tune_gc()  # as the CLI's main does: the driver's collections delay the next step it sends (sync rounds wait)
-    cls = _timed_job_class()
-    cls.ready_event = threading.Event()
-    job = cls(cfg)
+    from streamlearn.job import Job
+
+    timing = _timing_hooks()
+    job = Job(cfg, hooks=timing)
+    timing.job = job
     found: dict[str, Any] = {}
 
     def spy() -> None:
-        if not cls.ready_event.wait(timeout=300):
+        if not timing.ready_event.wait(timeout=300):
             return
-        worker, shard = job.pids[0], job.pids[len(job.workers)]
+        worker, shard = timing.pids[0], timing.pids[job.fleet.workers]
         with pyspy({worker: True, shard: False}, profile) as files:
             pass
         if files[worker].exists():
@@ -362,13 +363,13 @@ def run_job(cfg: Any, topics: Topics, profile: float = 0.0) -> JobRun:
     wall = time.perf_counter() - t0
     if profile > 0:
         thread.join(timeout=profile + 60)
-    stamps = getattr(job, "stamps", [])
-    events, seconds = window(getattr(job, "ready", 0.0), stamps, topics.events_per_record)
+    stamps = timing.stamps
+    events, seconds = window(timing.ready_at, stamps, topics.events_per_record)
     cores: dict[str, float] = {}
-    if seconds > 0 and hasattr(job, "cpu"):
-        start, end = job.cpu
+    if seconds > 0 and timing.cpu[0]:
+        start, end = timing.cpu
         cores = {role: round((end[role] - start[role]) / seconds, 2) for role in start}
-    busy = sum(s.step_seconds for s in stamps) / (seconds * len(job.workers)) if seconds > 0 else math.nan
+    busy = sum(s.step_seconds for s in stamps) / (seconds * job.fleet.workers) if seconds > 0 else math.nan
     return JobRun(summary, job.weights, events, seconds, wall, rss.peak_job, rss.peak_all, stamps, found, cores,
                   round(busy, 3))
 

@@ -169,7 +169,7 @@ class WorkerActor:
 
     def __init__(self, worker: int, cfg: Any, partitions: list[int], shards: list[Any]) -> None:
         tune_gc()
-        from streamlearn.job import build_worker
+        from streamlearn.build import build_worker
 
         self.worker = build_worker(cfg, worker, partitions, RayParamClient.of(shards, cfg.model))
 

@@ -165,6 +165,10 @@ def _run_job(cfg: JobConfig, name: str) -> dict[str, Any]:
         summary = job.run()
     except KafkaSetupError as exc:
         raise CliError(str(exc)) from exc
+    if cfg.source == "embedded":  # the simulator knows the true labels of a held-out set: score the model on it
+        from streamlearn.evaluate import heldout_summary
+
+        summary.update(heldout_summary(cfg, job.weights))
     _log(f"{name}: stopped ({summary['stop_reason']}): {summary['events_consumed']} records, "
          f"{summary['model_examples_positive']}+/{summary['model_examples_negative']}- examples in the model, "
          f"progressive accuracy {summary['progressive_accuracy']}, {summary['events_per_second']} records/s")

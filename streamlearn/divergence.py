@@ -26,7 +26,8 @@ Three signals, each counted by kind:
 The model is *diverging* while a signal fired within the last
 ``recovery_updates`` updates. The guard then acts once per event: ``clip``
 bounds the gradient norm, ``lower-lr`` multiplies the learning rate by
-``lr_factor``, ``rollback`` restores the last state saved while healthy.
+``lr_factor``, ``rollback`` restores the last state saved while healthy
+(:class:`GuardPolicy` decides, for one process and for a job alike).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from streamlearn.config.learning import GUARDS as GUARDS
@@ -134,25 +136,31 @@ def clip_scale(norm: float, clip_norm: float | None) -> float:
     return clip_norm / norm
 
 
-class Guard:
-    """Watches one model's updates and acts when they diverge.
+@dataclass(frozen=True)
+class Verdict:
+    """The guard policy's answer to one observation."""
 
-    Owns a :class:`DivergenceDetector`; the model holder bounds each gradient by
-    :attr:`clip_norm` before the step and calls :meth:`after_step` after it. Losses
-    are pooled over ``window_examples`` examples before the detector sees them,
-    so a spike means the same thing at any micro-batch size (the mean of 4
-    examples is twice as noisy as that of 16); a non-finite batch is reported
-    at once.
+    fired: list[str]  # the signals it raised
+    act: str | None = None  # "rollback" or "lower-lr": apply to the model now
+    mark_good: bool = False  # keep the model's state now as the last good one (guard=rollback)
+
+
+class GuardPolicy:
+    """When the guard acts, and how: one policy for the single-process :class:`Guard` and the job's shards.
+
+    A signal other than ``non_finite`` (a skipped batch changed nothing), or
+    weights that are no longer finite, make it act once: ``rollback`` to the
+    last good state, or ``lower-lr``; ``clip`` bounds every gradient while
+    :attr:`diverging`. While healthy it asks to keep a good state every
+    ``good_every`` updates (guard=rollback).
     """
 
-    def __init__(self, cfg: DivergenceConfig, state: ModelState) -> None:
+    def __init__(self, cfg: DivergenceConfig) -> None:
         self.cfg = cfg
         self.detector = DivergenceDetector(cfg)
-        self.state = state
         self.rollbacks = 0
-        self._good: dict[str, Any] | None = None
-        self._next_good = 0  # the first healthy observation saves one
-        self._pool = [0.0, 0, 0, 0.0, 0]  # loss x examples, examples, updates, positives' loss, positives
+        self.updates = 0  # updates applied to the model, as observed
+        self._next_good = 0  # the first healthy observation keeps one
 
     @property
     def diverging(self) -> bool:
@@ -163,12 +171,71 @@ class Guard:
         """The bound on each gradient's norm now: ``clip_norm`` while diverging with guard=clip, else none."""
         return self.cfg.clip_norm if self.cfg.guard == "clip" and self.diverging else None
 
+    def observe(self, loss: float, norm: float | None, updates: int = 1,
+                positives: tuple[float, int] = (0.0, 0)) -> Verdict:
+        """``updates`` model updates with mean ``loss`` left the weights at ``norm`` (None: not applied, a
+        skipped batch); ``positives``: their positive examples' summed -log p(y|x) and count."""
+        applied = norm is not None
+        fired = self.detector.observe(loss, math.nan if norm is None else norm, applied=applied, updates=updates,
+                                      positives=positives)
+        if applied:
+            self.updates += updates
+        if any(k != "non_finite" for k in fired) or (norm is not None and not math.isfinite(norm)):
+            return Verdict(fired, self.cfg.guard if self.cfg.guard in ("rollback", "lower-lr") else None)
+        good = self.cfg.guard == "rollback" and not self.diverging and self.updates >= self._next_good
+        if good:
+            self._next_good = self.updates + self.cfg.good_every
+        return Verdict(fired, mark_good=good)
+
+    def rolled_back(self) -> None:
+        """The model is back at its last good state: the history since no longer describes it."""
+        self.rollbacks += 1
+        self.detector.reset_history()
+
+    def restored(self) -> None:
+        """The model was restored from a checkpoint, which is its good state now."""
+        self._next_good = self.updates + self.cfg.good_every
+
+
+class Guard:
+    """Watches one model's updates and acts on them as :class:`GuardPolicy` says.
+
+    The model holder bounds each gradient by :attr:`clip_norm` before the step
+    and calls :meth:`after_step` after it. Losses are pooled over
+    ``window_examples`` examples before the policy sees them, so a spike means
+    the same thing at any micro-batch size (the mean of 4 examples is twice as
+    noisy as that of 16); a non-finite batch is reported at once.
+    """
+
+    def __init__(self, cfg: DivergenceConfig, state: ModelState) -> None:
+        self.cfg = cfg
+        self.policy = GuardPolicy(cfg)
+        self.state = state
+        self._good: dict[str, Any] | None = None
+        self._pool = [0.0, 0, 0, 0.0, 0]  # loss x examples, examples, updates, positives' loss, positives
+
+    @property
+    def detector(self) -> DivergenceDetector:
+        return self.policy.detector
+
+    @property
+    def rollbacks(self) -> int:
+        return self.policy.rollbacks
+
+    @property
+    def diverging(self) -> bool:
+        return self.policy.diverging
+
+    @property
+    def clip_norm(self) -> float | None:
+        return self.policy.clip_norm
+
     def after_step(self, loss: float, applied: bool, examples: int = 1,
                    positives: tuple[float, int] = (0.0, 0)) -> list[str]:
         """Report one batch (mean ``loss`` over ``examples``; ``positives``: the positive examples' summed
         -log p(y|x) and count); returns the signals the detector raised."""
         if not applied or not math.isfinite(loss):
-            return self.detector.observe(loss, math.nan, applied=False)
+            return self.policy.observe(loss, None).fired
         pool = self._pool
         pool[0] += loss * examples
         pool[1] += examples
@@ -179,19 +246,12 @@ class Guard:
             return []
         mean, updates = pool[0] / pool[1], int(pool[2])
         self._pool = [0.0, 0, 0, 0.0, 0]
-        fired = self.detector.observe(mean, self.state.norm(), True, updates=updates,
-                                      positives=(pool[3], int(pool[4])))
-        if any(k != "non_finite" for k in fired):
-            self._act()
-        elif not self.diverging and self.detector.updates >= self._next_good:
-            self._good = self.state.state_dict()
-            self._next_good = self.detector.updates + self.cfg.good_every
-        return fired
-
-    def _act(self) -> None:
-        if self.cfg.guard == "lower-lr":
+        verdict = self.policy.observe(mean, self.state.norm(), updates=updates, positives=(pool[3], int(pool[4])))
+        if verdict.act == "lower-lr":
             self.state.lr *= self.cfg.lr_factor
-        elif self.cfg.guard == "rollback" and self._good is not None:
+        elif verdict.act == "rollback" and self._good is not None:
             self.state.load_state_dict(self._good)  # copied in: the saved arrays stay as they are
-            self.rollbacks += 1
-            self.detector.reset_history()
+            self.policy.rolled_back()
+        if verdict.mark_good:
+            self._good = self.state.state_dict()
+        return verdict.fired

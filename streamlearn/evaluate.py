@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,7 +22,7 @@ from streamlearn.join import JoinConfig
 from streamlearn.learner import Learner, OptimConfig
 from streamlearn.model import ModelConfig
 from streamlearn.objective import Objective
-from streamlearn.simulate import DataConfig, SimConfig, Simulator
+from streamlearn.simulate import DataConfig, Dataset, SimConfig, Simulator
 from streamlearn.source import MemorySource
 from streamlearn.trainer import Trainer
 
@@ -111,3 +111,14 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
 
 def _round(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else round(v, 4)
+
+
+def heldout_summary(cfg: Any, weights: Sequence[np.ndarray]) -> dict[str, float]:
+    """The held-out scores of a job's final ``weights`` on its simulator's held-out set (``cfg``: the job's
+    config: model, objective, optim, data)."""
+    learner = Learner(cfg.model, cfg.objective, cfg.optim)
+    for p, v in zip(learner.params, weights, strict=True):
+        np.copyto(p, v)
+    data = Dataset(cfg.data)
+    x, y = data.heldout()
+    return heldout_scores(learner, x, y, data.features(x))

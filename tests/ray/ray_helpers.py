@@ -3,6 +3,7 @@
 from collections import Counter
 
 from streamlearn.config import JobConfig, load
+from streamlearn.evaluate import heldout_summary
 from streamlearn.ingest import Ingest
 from streamlearn.learner import Learner
 from streamlearn.simulate import Simulator
@@ -33,3 +34,8 @@ def single_process(cfg: JobConfig) -> tuple[Trainer, Counter]:
         trainer.feed(examples)
     trainer.flush()
     return trainer, per_partition
+
+
+def heldout_accuracy(cfg: JobConfig, job) -> float:
+    """The held-out accuracy of a finished job's model (what `streamlearn demo` reports)."""
+    return heldout_summary(cfg, job.weights)["heldout_accuracy"]

@@ -1,63 +1,71 @@
-"""The driver's record promises under ``--max-events``: a worker whose partitions ran dry must not starve the
-others (without Ray: the job's send path with stand-in worker handles)."""
+"""The record budget under ``--max-events``: a worker whose partitions ran dry must not starve the others, and
+a replayed record counts once."""
 
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import pytest
 
-from streamlearn.config import JobConfig, StopConfig
-from streamlearn.job import Job, Totals
-from streamlearn.ps import PSConfig
+from streamlearn.job.budget import RecordBudget
 from streamlearn.worker import StepResult
 
 
-class _Handle:
-    """A worker actor handle whose ``step.remote`` returns a fresh reference and records the limit."""
+class _Queue:
+    """The driver's side: steps queued per worker, each with the limit the budget promised."""
 
-    refs = itertools.count()
+    def __init__(self, budget: RecordBudget) -> None:
+        self.budget, self.inflight, self.limits = budget, {}, {0: [], 1: []}  # type: ignore[var-annotated]
+        self.ids = itertools.count()
 
-    def __init__(self) -> None:
-        self.limits: list[int | None] = []
-        self.step = self
+    def send(self, w: int) -> None:
+        ok, limit = self.budget.promise(w, self.inflight)
+        if ok:
+            step = next(self.ids)
+            self.inflight[step] = w
+            self.budget.queued(step, limit)
+            self.limits[w].append(limit)
 
-    def remote(self, drain: bool, limit: int | None) -> int:
-        self.limits.append(limit)
-        return next(self.refs)
 
-
-def _driver(mode: str, records: int, dry: set[int]) -> tuple[Job, list[_Handle]]:
-    job = Job.__new__(Job)
-    job.cfg = JobConfig(workers=2, partitions=2, max_records=500, ps=PSConfig(mode=mode),
-                        stop=StopConfig(max_events=10_000))
-    job.totals = Totals()
-    job.totals.records = records
-    job._limits, job._parked, job._dry, job.replayed = {}, set(), set(dry), 0
-    handles = [_Handle(), _Handle()]
-    job.workers = handles  # type: ignore[assignment]
-    return job, handles
+def _budget(mode: str, records: int, dry: set[int]) -> RecordBudget:
+    budget = RecordBudget(max_events=10_000, max_records=500, workers=2, sync=mode == "sync")
+    budget.consumed = records
+    budget.dry = set(dry)
+    return budget
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_dry_worker_leaves_the_rest_to_the_others(mode: str) -> None:
-    job, (a, b) = _driver(mode, records=9_700, dry={1})
-    inflight: dict[Any, int] = {}
-    job._send(inflight, 1)  # the dry worker's step came back first: it would claim all 300 left
-    job._send(inflight, 0)
-    assert a.limits == [300]
-    assert b.limits == ([0] if mode == "sync" else [])  # sync: a step that only answers its round
-    assert job._parked == ({1} if mode == "async" else set())
+    q = _Queue(_budget(mode, records=9_700, dry={1}))
+    q.send(1)  # the dry worker's step came back first: it would claim all 300 left
+    q.send(0)
+    assert q.limits[0] == [300]
+    assert q.limits[1] == ([0] if mode == "sync" else [])  # sync: a step that only answers its round
+    assert q.budget.parked == ({1} if mode == "async" else set())
 
 
 def test_when_every_worker_is_dry_each_is_promised_again() -> None:
-    job, (a, b) = _driver("sync", records=9_700, dry={0, 1})  # new records may come to either
-    inflight: dict[Any, int] = {}
-    job._send(inflight, 1)
-    job._send(inflight, 0)
-    assert (b.limits, a.limits) == ([300], [0])
-    assert sum(job._limits.values()) == 300  # never more than max_events in all
+    q = _Queue(_budget("sync", records=9_700, dry={0, 1}))  # new records may come to either
+    q.send(1)
+    q.send(0)
+    assert (q.limits[1], q.limits[0]) == ([300], [0])
+
+
+def test_without_max_events_every_step_polls_freely() -> None:
+    budget = RecordBudget(max_events=None, max_records=500, workers=2, sync=False)
+    assert budget.promise(0, {}) == (True, None) and not budget.spent
+
+
+def test_a_replayed_record_counts_once() -> None:
+    budget = RecordBudget(max_events=1000, max_records=100, workers=1, sync=False)
+    budget.took(StepResult(0, records=400))
+    budget.saved()
+    budget.took(StepResult(0, records=300))
+    budget.rewound()  # the sources are back at the checkpoint: the 300 come again
+    assert (budget.fresh, budget.replayed) == (400, 300)
+    budget.took(StepResult(0, records=500))  # the 300 again, then 200 new
+    assert (budget.fresh, budget.spent) == (900, False)
+    assert budget.promise(0, {}) == (True, 100)  # what the stream's first 1000 records still hold
 
 
 class _Partitions:
@@ -90,20 +98,22 @@ def test_sync_rounds_reach_every_record_when_buffers_hold_several_rounds(left: t
     (the driver folds a round's steps one at a time, in the order Ray returns them: ``first``'s first). And
     when every worker is dry, the one whose step comes back first must not claim the rest round after round
     while the records are in another's partitions."""
-    job, _ = _driver("sync", records=9_700, dry=dry)
+    budget = _budget("sync", records=9_700, dry=dry)
+    promised: dict[int, int] = {}
+    q = _Queue(budget)
     world = [_Partitions(n, poll=50, per_round=20) for n in left]
-    inflight: dict[Any, int] = {}
     for w in (0, 1):
-        job._send(inflight, w)
+        q.send(w)
+        promised[max(q.inflight)] = q.limits[w][-1]  # type: ignore[assignment]
     rounds = 0
-    while job.fresh_records < 10_000 and rounds < 50:
+    while budget.fresh < 10_000 and rounds < 50:
         rounds += 1
-        results = [(ref, w, world[w].step(w, job._limits[ref]))
-                   for ref, w in sorted(inflight.items(), key=lambda i: i[1] != first)]
-        for ref, w, r in results:
-            inflight.pop(ref)
-            job.totals.records += r.records
-            job._mark_dry(w, r)
-            job._send(inflight, w)
-    assert job.fresh_records == 10_000 and [p.records for p in world] == [0, 0]
+        results = [(step, w, world[w].step(w, promised[step]))
+                   for step, w in sorted(q.inflight.items(), key=lambda i: i[1] != first)]
+        for step, w, r in results:
+            q.inflight.pop(step)
+            budget.took(r)
+            q.send(w)
+            promised[max(q.inflight)] = q.limits[w][-1]  # type: ignore[assignment]
+    assert budget.fresh == 10_000 and [p.records for p in world] == [0, 0]
     assert rounds <= 20  # 300 records at 20 a round, a few rounds spent on empty polls

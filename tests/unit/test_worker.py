@@ -457,7 +457,7 @@ def test_a_checkpoint_resumes_under_another_partition_assignment_exactly_once() 
     """Scaling out (the k8s runbook: more workers, then restart from the checkpoint): one worker's snapshot of
     partitions 0 and 1 is cut into one per partition, and the two new workers finish the stream with every
     example applied exactly once, per partition and polarity, as one worker reading it all does."""
-    from streamlearn.worker import regroup
+    from streamlearn.job.regroup import regroup
 
     def job(workers: int) -> tuple[JobConfig, LocalParamClient]:
         cfg = JobConfig(workers=workers, partitions=2, max_records=150, sim=SimConfig(events=1500),
