@@ -235,8 +235,24 @@ def features_from(value: object, schema: Schema, required: bool) -> Features | N
             if not math.isfinite(v) or abs(v) > F32_MAX:
                 raise DecodeError("non_finite", f"sparse feature {k[:50]!r} is not finite")
             out[k] = float(v)
-        return out
+        return _positional(out, schema)
     raise DecodeError("bad_features", "'features' must be a list (dense) or an object (sparse)")
+
+
+def _positional(features: dict[str, float], schema: Schema) -> dict[str, float]:
+    """``features`` as is when the model takes names; for a dense model, only names that are positions, so
+    that no feature is silently dropped and no example trains on an empty vector."""
+    if schema.named_features:
+        return features
+    n = schema.n_features
+    if not features:
+        raise DecodeError("empty_features", f"no features: a dense model needs a list of {n} numbers")
+    for name in features:
+        if not (name.isascii() and name.isdigit() and int(name) < n):
+            raise DecodeError("named_features", f"feature {name[:50]!r} is not a position 0..{n - 1}: a dense "
+                              f"model (--model linear or mlp) takes a list of {n} numbers; named features "
+                              "need --model hashed")
+    return features
 
 
 def _probs(value: object, schema: Schema) -> np.ndarray | None:
@@ -384,7 +400,7 @@ def _bin_features(r: _Reader, schema: Schema) -> Features:
                 raise DecodeError("non_finite", f"sparse feature {name[:50]!r} is not finite")
             out[name] = v
         r.pos = pos
-        return out
+        return _positional(out, schema)
     raise DecodeError("bad_features", f"unknown features tag {tag}")
 
 

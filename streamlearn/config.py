@@ -155,6 +155,8 @@ class JobConfig:
         if self.source == "embedded" and self.workers > self.partitions:
             raise ConfigError(f"workers: {self.workers} workers need at least as many partitions "
                               f"(partitions is {self.partitions})")
+        if self.data.sparse_active and self.model.kind != "hashed":
+            raise ConfigError(f"data.sparse_active: named features need model hashed (model is {self.model.kind})")
         if self.codec not in ("json", "binary"):
             raise ConfigError(f"codec: unknown {self.codec!r}, choose json or binary")
         if self.model.n_classes != len(self.classes) or self.model.n_features != self.n_features:
@@ -163,7 +165,7 @@ class JobConfig:
 
     @property
     def schema(self) -> Schema:
-        return Schema(self.classes, self.n_features)
+        return Schema(self.classes, self.n_features, named_features=self.model.kind == "hashed")
 
 
 # -- loading ------------------------------------------------------------------------

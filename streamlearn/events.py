@@ -42,6 +42,7 @@ class Schema:
     classes: tuple[str, ...]  # class index -> name; len >= 2
     n_features: int  # width of a dense feature vector
     max_message_bytes: int = 1 << 20  # larger records are rejected, not parsed
+    named_features: bool = True  # False for a dense model: object features must be named by position
 
     def __post_init__(self) -> None:
         if len(self.classes) < 2:

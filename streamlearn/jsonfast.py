@@ -80,6 +80,8 @@ class FastJson:
         if pred is None or not _ts_ok(obj.ts):
             return None
         probs = None if obj.probs is None else np.asarray(obj.probs, dtype=np.float64)
+        if type(obj.features) is dict and not self.schema.named_features:
+            return None  # the reference decoder checks the names against the dense width
         return Prediction(obj.id, obj.ts, _features(obj.features), pred, obj.model_version, probs)
 
     def feedback(self, raw: bytes) -> Feedback | None:
@@ -95,6 +97,8 @@ class FastJson:
         label = None if obj.label is UNSET else self._index(obj.label)
         if label is None and not has_correct:
             return None
+        if type(obj.features) is dict and not self.schema.named_features:
+            return None  # the reference decoder checks the names against the dense width
         prediction = None
         if obj.prediction is not UNSET:
             prediction = self._index(obj.prediction)

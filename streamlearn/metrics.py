@@ -16,6 +16,8 @@ from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from streamlearn.divergence import KINDS as DIVERGENCE_KINDS
+from streamlearn.join import OUTCOMES as JOIN_OUTCOMES
 from streamlearn.worker import StepResult
 
 METRIC_NAMES = (
@@ -122,11 +124,23 @@ class Metrics:
                                        "micro-batches before pushing it (featurize, gradients, local optimizer "
                                        "steps, and any pull or reply it waits for first)", buckets=BATCH_BUCKETS,
                                        registry=r)
+        self._start_known_series()
         self._recent: dict[str, float] = {}
         self._pending: dict[int, int] = {}
         self.last_checkpoint = time.time()
         self._history: IO[str] | None = None
         self._history_at = 0.0
+
+    def _start_known_series(self) -> None:
+        """Export every known label value at 0, so ``increase()`` in an alert sees the first event of a kind."""
+        for kind in DIVERGENCE_KINDS:
+            self.divergence.labels(kind)
+        for polarity in ("positive", "negative"):
+            self.examples.labels(polarity)
+        for action in ("dropped", "downweighted"):
+            self.stale.labels(action)
+        for outcome in JOIN_OUTCOMES:
+            self.events.labels("all", outcome)
 
     # -- the scrape endpoint ---------------------------------------------------
 

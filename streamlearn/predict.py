@@ -29,7 +29,7 @@ def load_model(directory: str | Path) -> tuple[Learner, Schema, dict[str, Any]]:
     with torch.no_grad():
         for p, w in zip(learner.model.parameters(), weights, strict=True):
             p.copy_(w)
-    schema = Schema(tuple(state["classes"]), model.n_features)
+    schema = Schema(tuple(state["classes"]), model.n_features, named_features=model.kind == "hashed")
     return learner, schema, {"checkpoint": str(path), "version": state["version"]}
 
 

@@ -168,3 +168,30 @@ def test_binary_events_past_the_clock_are_refused_too() -> None:
     with pytest.raises(DecodeError) as err:
         decode(encode_binary([later]), "prediction", SCHEMA)
     assert err.value.reason == "ts_in_future" and "milliseconds" in err.value.detail
+
+
+DENSE = Schema.from_spec("cat,dog,bird", n_features=3)
+DENSE = Schema(DENSE.classes, DENSE.n_features, named_features=False)
+
+
+@pytest.mark.parametrize("features, reason", [
+    ({"f0": 1.0, "f1": 2.0}, "named_features"),  # names a dense model would drop
+    ({"0": 1.0, "7": 2.0}, "named_features"),  # a position past the width
+    ({}, "empty_features"),  # an empty vector
+])
+def test_a_dense_model_refuses_object_features_it_would_drop(features: dict, reason: str) -> None:
+    for raw, kind in ((pred(features=features), "prediction"),
+                      (json.dumps({"id": "a", "ts": 1, "label": 1, "features": features}).encode(), "feedback"),
+                      (encode_binary([Prediction("a", 1.0, features, 1)]), "prediction")):
+        with pytest.raises(DecodeError) as err:
+            decode(raw, kind, DENSE)
+        assert err.value.reason == reason
+        if reason == "named_features":
+            assert "--model hashed" in str(err.value)
+
+
+def test_a_dense_model_takes_position_named_features_and_a_hashed_one_any_names() -> None:
+    (ev,) = decode(pred(features={"0": 1.0, "2": 0.5}), "prediction", DENSE)
+    assert ev.features == {"0": 1.0, "2": 0.5}
+    (ev,) = decode(pred(features={"f0": 1.0}), "prediction", SCHEMA)  # named_features=True: the hashed model
+    assert ev.features == {"f0": 1.0}

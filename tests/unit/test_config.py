@@ -154,3 +154,14 @@ def test_embedded_shape_follows_the_data_section(tmp_path: Path) -> None:
     cfg = config.load(str(f), {}, env={})
     assert (len(cfg.classes), cfg.n_features, cfg.model.n_classes, cfg.data.n_classes) == (3, 5, 3, 3)
     assert config.load(None, {"classes": "a,b"}, env={"STREAMLEARN_SOURCE": "kafka"}).classes == ("a", "b")
+
+
+def test_named_sparse_features_on_a_dense_model_fail_at_start(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("data: {dataset: synthetic, sparse_active: 20}\n")
+    with pytest.raises(ConfigError, match=r"data\.sparse_active: named features need model hashed"):
+        config.load(str(f), {})
+    f.write_text("data: {dataset: synthetic, sparse_active: 20}\nmodel: {kind: hashed}\n")
+    assert config.load(str(f), {}).schema.named_features
+    f.write_text("")
+    assert not config.load(str(f), {}).schema.named_features

@@ -62,3 +62,14 @@ def test_server_call_time_is_exported_as_a_share_of_step_time() -> None:
     assert get("streamlearn_ps_call_seconds_total", {"part": "wait"}) == pytest.approx(0.15)
     assert get("streamlearn_ps_call_seconds_total", {"part": "held"}) == pytest.approx(0.15)
     assert get("streamlearn_pushes_total") == 4
+
+
+def test_known_label_values_are_exported_at_zero_before_their_first_event() -> None:
+    """``increase()`` over a series that appears with its first event misses that event: alerts on divergence
+    need every kind present from the start."""
+    get = Metrics().registry.get_sample_value
+    for kind in ("non_finite", "loss_spike", "norm_growth"):
+        assert get("streamlearn_divergence_events_total", {"kind": kind}) == 0.0
+    assert get("streamlearn_examples_total", {"polarity": "negative"}) == 0.0
+    assert get("streamlearn_stale_gradients_total", {"action": "dropped"}) == 0.0
+    assert get("streamlearn_events_total", {"topic": "all", "outcome": "expired"}) == 0.0
