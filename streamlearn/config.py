@@ -359,6 +359,16 @@ def _embedded_shape(values: dict[str, Any], classes: list[str] | None, n_feature
     return data
 
 
+def _check_checkpoint_dir(path: Path) -> None:
+    """The checkpoint directory (made if missing) must be a writable directory: found now, not at the first save."""
+    where = f"checkpoint.dir (--checkpoint-dir): {str(path)!r}"
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"{where}: {str(existing)!r} is a file, not a directory")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: cannot write in {str(existing)!r} (permission denied)")
+
+
 def _check_paths(cfg: JobConfig) -> None:
     """Files the job opens long after start (behind Ray's start-up) are checked now, naming their key."""
     history = cfg.metrics.history
@@ -372,6 +382,9 @@ def _check_paths(cfg: JobConfig) -> None:
         writable = os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)
         if not writable:
             raise ConfigError(f"metrics.history: cannot write {history!r} (permission denied)")
+    directory = cfg.checkpoint.dir
+    if directory:
+        _check_checkpoint_dir(Path(directory))
     for key in ("tls_certfile", "tls_keyfile"):
         name = getattr(cfg.metrics, key)
         if name and not (Path(name).is_file() and os.access(name, os.R_OK)):

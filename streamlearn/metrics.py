@@ -8,6 +8,7 @@ durations, low-cardinality labels only (never an event id).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import time
@@ -148,8 +149,14 @@ class Metrics:
         """Start the endpoint; returns the bound port (useful with port 0)."""
         if cfg.port is None:
             return None
-        server, _ = start_http_server(cfg.port, addr=cfg.host, registry=self.registry,
-                                      certfile=cfg.tls_certfile, keyfile=cfg.tls_keyfile)
+        try:
+            server, _ = start_http_server(cfg.port, addr=cfg.host, registry=self.registry,
+                                          certfile=cfg.tls_certfile, keyfile=cfg.tls_keyfile)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ValueError(f"--metrics-port: {cfg.host}:{cfg.port} is already in use (another streamlearn or "
+                             "exporter?); choose a free port, or 0 for any") from exc
         self._server = server
         return int(server.server_port)
 

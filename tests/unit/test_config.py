@@ -165,3 +165,12 @@ def test_named_sparse_features_on_a_dense_model_fail_at_start(tmp_path: Path) ->
     assert config.load(str(f), {}).schema.named_features
     f.write_text("")
     assert not config.load(str(f), {}).schema.named_features
+
+
+def test_a_checkpoint_dir_that_is_a_file_fails_at_start_naming_the_flag(tmp_path: Path) -> None:
+    taken = tmp_path / "ckpt"
+    taken.write_text("not a directory")
+    for directory in (taken, taken / "sub"):
+        with pytest.raises(ConfigError, match=r"--checkpoint-dir.*is a file, not a directory"):
+            config.load(None, {"checkpoint": {"dir": str(directory)}})
+    assert config.load(None, {"checkpoint": {"dir": str(tmp_path / "new" / "dir")}}).checkpoint.dir

@@ -73,3 +73,13 @@ def test_known_label_values_are_exported_at_zero_before_their_first_event() -> N
     assert get("streamlearn_examples_total", {"polarity": "negative"}) == 0.0
     assert get("streamlearn_stale_gradients_total", {"action": "dropped"}) == 0.0
     assert get("streamlearn_events_total", {"topic": "all", "outcome": "expired"}) == 0.0
+
+
+def test_a_port_in_use_fails_naming_the_flag_and_the_port() -> None:
+    first = Metrics()
+    port = first.serve(MetricsConfig(port=0))
+    try:
+        with pytest.raises(ValueError, match=rf"--metrics-port: 127\.0\.0\.1:{port} is already in use"):
+            Metrics().serve(MetricsConfig(port=port))
+    finally:
+        first.close()
