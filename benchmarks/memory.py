@@ -203,6 +203,7 @@ def run_once(workers: int, model: str, partitions: int, extra: list[str], timeou
     tmp = tempfile.mkdtemp(prefix="slmem", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": tmp, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}  # actors import this checkout too
+    env.pop("RAY_ADDRESS", None)  # a local Ray of the run's own, never a cluster the shell points at
     since = time.time() - 1.0
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
