@@ -5,22 +5,17 @@ fixed record lists: no Ray, no Kafka, no timing."""
 
 from __future__ import annotations
 
-import json
-import zlib
 from collections import Counter
 from typing import Any
 
 from streamlearn import config
-from streamlearn.codec import encode_json
 from streamlearn.config import JobConfig
 from streamlearn.events import Event, Prediction
 from streamlearn.job import Job
 from streamlearn.kafka.produce import partition_for
-from streamlearn.simulate import DataConfig, SimConfig, Simulator
 from streamlearn.source import Record, TopicPartition
 from tests.unit.local_fleet import LocalFleet
-
-NAMES = ("cat", "dog", "bird")
+from tests.unit.named_stream import NAMES, as_json, crc32_partition, named_stream
 
 
 class ListSource:
@@ -60,21 +55,6 @@ def records_fleet(records: list[Record]) -> type[LocalFleet]:
     return RecordsFleet
 
 
-def named_stream(events: int, seed: int = 3) -> list[Event]:
-    """An 8-feature, 3-class stream: labelled and correct/wrong feedback, every prediction judged."""
-    sim = SimConfig(events=events, seed=seed, judged_share=1.0, label_share=0.2)
-    return list(Simulator(sim, DataConfig(dataset="synthetic", n_features=8, n_classes=3, seed=seed)).events())
-
-
-def as_json(ev: Event) -> bytes:
-    """The event as a producer with named classes writes it ("prediction": "dog", "label": "cat")."""
-    obj = json.loads(encode_json(ev))
-    for key in ("prediction", "label"):
-        if isinstance(obj.get(key), int):
-            obj[key] = NAMES[obj[key]]
-    return json.dumps(obj).encode()
-
-
 def to_records(events: list[Event], partitions: int, feedback_partition: Any = None) -> list[Record]:
     """Records keyed by id, partitioned by murmur2 (feedback by ``feedback_partition(key, n)`` if given)."""
     offsets: Counter[TopicPartition] = Counter()
@@ -88,11 +68,6 @@ def to_records(events: list[Event], partitions: int, feedback_partition: Any = N
         out.append(Record(kind, topic, part, offsets[(topic, part)], key, as_json(ev)))  # type: ignore[arg-type]
         offsets[(topic, part)] += 1
     return out
-
-
-def crc32_partition(key: bytes, partitions: int) -> int:
-    """librdkafka's default partitioner (consistent_random: CRC32 of the key), as kcat and confluent-kafka use."""
-    return zlib.crc32(key) % partitions
 
 
 def job_config(**over: Any) -> JobConfig:
