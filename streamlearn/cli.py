@@ -36,7 +36,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive_int(text: str) -> int:
-    v = int(text)
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return v
@@ -99,14 +102,25 @@ def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
         raise CliError(f"{flag}: {rest}" if rest else str(exc)) from exc
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamlearn")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="streamlearn", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ev = sub.add_parser("evaluate", help="compare objectives on the simulated stream (single process)")
     _add_stream(ev, env=False)
     _add_learning(ev, env=False, objective=False)
-    ev.add_argument("--objective", choices=(*OBJECTIVES, "all"), default="mixed", help="(default %(default)s)")
+    ev.add_argument("--objective", choices=(*OBJECTIVES, "all"), default="mixed",
+                    help="training objective, or all three side by side (default %(default)s)")
 
     # demo and run: a flag not given leaves the config file / STREAMLEARN_* environment in force
     demo = sub.add_parser("demo", help="run the main job (Ray actors, parameter servers) on the embedded stream")
@@ -125,14 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     # allow_abbrev=False: "--sasl-password" must not pass as an abbreviation of --sasl-password-file
     topics = sub.add_parser("topics", help="create or describe the Kafka topics", allow_abbrev=False)
-    topics_sub = topics.add_subparsers(dest="topics_command", required=True, parser_class=_Parser)
+    topics_sub = topics.add_subparsers(dest="topics_command", metavar="{create,describe}", required=True,
+                                       parser_class=_Parser)  # the metavar names it in errors, not the dest
     create = topics_sub.add_parser("create", help="create the predictions, feedback and DLQ topics "
                                    "(idempotent)", allow_abbrev=False)
     _add_kafka(create)
-    create.add_argument("--partitions", type=_positive_int, default=4,
+    create.add_argument("--partitions", type=_positive_int, default=4, metavar="N",
                         help="partitions of each topic; predictions and feedback must match (default %(default)s)")
-    create.add_argument("--replication-factor", type=_positive_int, default=1, help="(default %(default)s)")
-    create.add_argument("--retention-ms", type=int, default=None,
+    create.add_argument("--replication-factor", type=_positive_int, default=1, metavar="N",
+                        help="copies of each partition on the brokers (default %(default)s)")
+    create.add_argument("--retention-ms", type=int, default=None, metavar="MS",
                         help="retention of predictions and feedback (default: the broker's)")
     describe = topics_sub.add_parser("describe", help="partition counts and co-partitioning of the topics",
                                      allow_abbrev=False)
@@ -143,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kafka(produce)
     _add_stream(produce, env=False)
     produce.add_argument("--codec", choices=CODECS, default="json", help="(default %(default)s)")
-    produce.add_argument("--rate", type=float, default=None,
+    produce.add_argument("--rate", type=float, default=None, metavar="X",
                          help="events per second (default: as fast as possible)")
-    produce.add_argument("--pack", type=_positive_int, default=64,
+    produce.add_argument("--pack", type=_positive_int, default=64, metavar="N",
                          help="binary: events per Kafka record (default %(default)s)")
 
     report = sub.add_parser("report", help="draw a PNG of a run from its --metrics-history file")
