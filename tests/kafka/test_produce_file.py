@@ -62,3 +62,18 @@ def test_a_csv_is_produced_keyed_by_id_and_a_run_learns_from_it(kafka_topics: To
     assert answer.returncode == 0, answer.stderr
     classes = [json.loads(line)["class"] for line in answer.stdout.splitlines() if line.startswith('{"line"')]
     assert classes == list(CENTRES)
+
+
+def test_the_readme_producer_keys_and_partitions_as_streamlearn_does(kafka_topics: TopicFactory) -> None:
+    """The README's producer, run as written (broker and topics swapped): both events in the murmur2 partition."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Bring your own data", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    settings = kafka_topics(partitions=4)
+    code = (code.replace("127.0.0.1:9092", settings.bootstrap_servers)
+            .replace('"streamlearn.predictions"', repr(settings.predictions_topic))
+            .replace('"streamlearn.feedback"', repr(settings.feedback_topic)))
+    exec(compile(code, "README.md", "exec"), {})
+    for topic in (settings.predictions_topic, settings.feedback_topic):
+        (rec,) = read_topic(settings, topic, 1)
+        assert rec.key == b"req-41" and rec.partition == partition_for(b"req-41", 4)  # CRC32 would give 3
