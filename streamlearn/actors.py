@@ -29,12 +29,13 @@ from streamlearn.worker import StepResult, tune_gc
 ACTOR_SHARE = 0.001  # of the placement resource per actor: pods offer 1000, so it never limits the count
 
 
-def placed(actor_class: Any, resource: str | None) -> Any:
+def placed(actor_class: Any, resource: str | None, name: str | None = None) -> Any:
     """``actor_class`` bound to the nodes offering the custom ``resource`` and spread over them (without
-    SPREAD they pack onto one node); as is when ``resource`` is None."""
-    if resource is None:
-        return actor_class
-    return actor_class.options(resources={resource: ACTOR_SHARE}, scheduling_strategy="SPREAD")
+    SPREAD they pack onto one node), and named ``name`` if given; as is when both are None."""
+    options: dict[str, Any] = {"name": name} if name else {}
+    if resource is not None:
+        options.update(resources={resource: ACTOR_SHARE}, scheduling_strategy="SPREAD")
+    return actor_class.options(**options) if options else actor_class
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
@@ -165,13 +166,17 @@ class ParamServerActor:
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
 class WorkerActor:
-    """A worker on its partitions; built from the job config inside the actor's process."""
+    """A worker on its partitions; built from the job config inside the actor's process.
 
-    def __init__(self, worker: int, cfg: Any, partitions: list[int], shards: list[Any]) -> None:
+    The shards come by name: an actor handle among the constructor's arguments would put them in the object
+    store, from where a restart cannot count on getting them back (Ray warns of it at every start)."""
+
+    def __init__(self, worker: int, cfg: Any, partitions: list[int], shards: list[str]) -> None:
         tune_gc()
         from streamlearn.build import build_worker
 
-        self.worker = build_worker(cfg, worker, partitions, RayParamClient.of(shards, cfg.model))
+        handles = [ray.get_actor(name) for name in shards]
+        self.worker = build_worker(cfg, worker, partitions, RayParamClient.of(handles, cfg.model))
 
     def ready(self) -> bool:
         return True

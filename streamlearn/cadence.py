@@ -1,10 +1,9 @@
 """How many micro-batches a worker's push carries.
 
 A push costs about the same however many micro-batches it carries: a Ray call
-per shard, a reply to read and merge. What it costs depends on the machine:
-one worker on two idle cores pays ~0.2 ms, two workers with the broker on the
-same two cores ~0.5-0.9 ms, mostly waiting for Ray's own threads to be
-scheduled, and a second shard doubles the calls. A fixed group size keeps
+per shard, a reply to read and merge. What it costs depends on the machine
+(mostly waiting for Ray's own threads to be scheduled) and on the shards (a
+call each). A fixed group size keeps
 pushes cheap on one machine and not on another, and cheaper compute (a faster
 decoder, say) makes the same push a larger share.
 
@@ -16,9 +15,8 @@ few micro-batches, not as a step), it sizes the next groups so that
 than ``least`` (the configured grads_per_push) nor more than ``most``. Larger
 groups mean staler replicas between pushes, so the ceiling is a freshness
 bound, not a detail; and a young model moves most, so the group stays at
-``least`` for the first ``WARMUP_PUSHES`` pushes (measured: 2 workers on a
-15,000-example stream lost 0.01-0.06 of held-out accuracy when their pushes
-grew from the start).
+``least`` for the first ``WARMUP_PUSHES`` pushes (groups that grow from the
+start cost held-out accuracy on short streams).
 """
 
 from __future__ import annotations

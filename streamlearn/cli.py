@@ -13,7 +13,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from streamlearn import config
@@ -36,7 +36,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive_int(text: str) -> int:
-    v = int(text)
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return v
@@ -99,14 +102,25 @@ def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
         raise CliError(f"{flag}: {rest}" if rest else str(exc)) from exc
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamlearn")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="streamlearn", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ev = sub.add_parser("evaluate", help="compare objectives on the simulated stream (single process)")
     _add_stream(ev, env=False)
     _add_learning(ev, env=False, objective=False)
-    ev.add_argument("--objective", choices=(*OBJECTIVES, "all"), default="mixed", help="(default %(default)s)")
+    ev.add_argument("--objective", choices=(*OBJECTIVES, "all"), default="mixed",
+                    help="training objective, or all three side by side (default %(default)s)")
 
     # demo and run: a flag not given leaves the config file / STREAMLEARN_* environment in force
     demo = sub.add_parser("demo", help="run the main job (Ray actors, parameter servers) on the embedded stream")
@@ -125,14 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     # allow_abbrev=False: "--sasl-password" must not pass as an abbreviation of --sasl-password-file
     topics = sub.add_parser("topics", help="create or describe the Kafka topics", allow_abbrev=False)
-    topics_sub = topics.add_subparsers(dest="topics_command", required=True, parser_class=_Parser)
+    topics_sub = topics.add_subparsers(dest="topics_command", metavar="{create,describe}", required=True,
+                                       parser_class=_Parser)  # the metavar names it in errors, not the dest
     create = topics_sub.add_parser("create", help="create the predictions, feedback and DLQ topics "
                                    "(idempotent)", allow_abbrev=False)
     _add_kafka(create)
-    create.add_argument("--partitions", type=_positive_int, default=4,
+    create.add_argument("--partitions", type=_positive_int, default=4, metavar="N",
                         help="partitions of each topic; predictions and feedback must match (default %(default)s)")
-    create.add_argument("--replication-factor", type=_positive_int, default=1, help="(default %(default)s)")
-    create.add_argument("--retention-ms", type=int, default=None,
+    create.add_argument("--replication-factor", type=_positive_int, default=1, metavar="N",
+                        help="copies of each partition on the brokers (default %(default)s)")
+    create.add_argument("--retention-ms", type=int, default=None, metavar="MS",
                         help="retention of predictions and feedback (default: the broker's)")
     describe = topics_sub.add_parser("describe", help="partition counts and co-partitioning of the topics",
                                      allow_abbrev=False)
@@ -143,15 +159,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kafka(produce)
     _add_stream(produce, env=False)
     produce.add_argument("--codec", choices=CODECS, default="json", help="(default %(default)s)")
-    produce.add_argument("--rate", type=float, default=None,
+    produce.add_argument("--rate", type=float, default=None, metavar="X",
                          help="events per second (default: as fast as possible)")
-    produce.add_argument("--pack", type=_positive_int, default=64,
+    produce.add_argument("--pack", type=_positive_int, default=64, metavar="N",
                          help="binary: events per Kafka record (default %(default)s)")
+    _add_from_file(produce)
 
     report = sub.add_parser("report", help="draw a PNG of a run from its --metrics-history file")
     report.add_argument("--history", required=True, help="JSON-lines metrics history written by a run")
     report.add_argument("--out", required=True, help="PNG file to write")
     return parser
+
+
+def _add_from_file(p: argparse.ArgumentParser) -> None:
+    from streamlearn.datafile import FORMATS
+
+    g = p.add_argument_group("your own data", "with --from, one prediction and one feedback event per row of a "
+                             "CSV or JSON-lines file instead of the simulated stream (whose flags are then unused)")
+    g.add_argument("--from", dest="from_file", metavar="FILE", help="CSV (with a header row) or JSON-lines file")
+    g.add_argument("--format", choices=FORMATS, help="(default: from the extension, .csv or .jsonl/.ndjson/.json)")
+    g.add_argument("--features", metavar="COLS", help="comma-separated feature columns (default: every column but "
+                   "the label, id and prediction columns)")
+    g.add_argument("--label", default="label", metavar="COL",
+                   help="column of the true label, a class index or name (default %(default)s)")
+    g.add_argument("--id-column", metavar="COL", help="column of the prediction id (default: <file stem>-<line>)")
+    g.add_argument("--prediction-column", metavar="COL",
+                   help="column of what the deployed model answered (default: the label)")
+    g.add_argument("--named-features", action="store_true", help="features as {column: value}, for `run --model "
+                   "hashed` (default: a list in column order, for `run --n-features N`)")
+    g.add_argument("--skip-bad-rows", action="store_true", help="produce the good rows when some are bad "
+                   "(default: list the bad rows and produce nothing)")
 
 
 def _run_job(cfg: JobConfig, name: str) -> dict[str, Any]:
@@ -276,6 +313,39 @@ def stream_configs(args: argparse.Namespace) -> tuple[DataConfig, SimConfig]:
     return config.build(DataConfig, over.get("data", {}), "data"), config.build(SimConfig, over.get("sim", {}), "sim")
 
 
+BAD_ROWS_SHOWN = 20  # bad rows listed one per line on stderr; the rest are counted
+
+
+def _file_events(args: argparse.Namespace, settings: KafkaSettings) -> tuple[Iterable[Any], dict[str, Any]]:
+    """The events of ``--from FILE`` after a first pass that lists its bad rows (and stops, unless
+    ``--skip-bad-rows``), and the summary's fields about the file."""
+    from streamlearn.datafile import FileSpec, Row, read_rows, scan
+    from streamlearn.kafka import JsonRecord
+
+    if args.codec != "json":
+        raise CliError("--codec: --from writes the JSON contract; leave --codec at json")
+    features = tuple(c.strip() for c in args.features.split(",") if c.strip()) if args.features else None
+    spec = FileSpec(args.from_file, args.format, features, args.label, args.id_column, args.prediction_column,
+                    args.named_features, time.time())
+    seen = scan(spec)
+    for bad in seen.bad[:BAD_ROWS_SHOWN]:
+        _log(f"produce: {args.from_file} line {bad.line}: {bad.reason}")
+    if len(seen.bad) > BAD_ROWS_SHOWN:
+        _log(f"produce: ... and {len(seen.bad) - BAD_ROWS_SHOWN} more bad rows")
+    if seen.bad and (not args.skip_bad_rows or not seen.rows):
+        what = "no good rows" if not seen.rows else "give --skip-bad-rows to produce the good ones"
+        raise CliError(f"--from: {len(seen.bad)} bad rows of {seen.rows + len(seen.bad)} in {args.from_file} "
+                       f"(listed above); {what}")
+    if not seen.rows:
+        raise CliError(f"--from: {args.from_file} has no rows")
+    _log(f"produce: {seen.rows} rows of {args.from_file} to {settings.predictions_topic} and "
+         f"{settings.feedback_topic} at {settings.bootstrap_servers}; learn from them with "
+         f"`streamlearn run {seen.hint(args.named_features)}`")
+    events = (JsonRecord(r.id, pred, r.prediction if pred else r.feedback)
+              for r in read_rows(spec) if isinstance(r, Row) for pred in (True, False))
+    return events, {"rows": seen.rows, "bad_rows": len(seen.bad), "bad_lines": [b.line for b in seen.bad[:100]]}
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from streamlearn.kafka import KafkaSetupError, produce_stream
     from streamlearn.simulate import Simulator
@@ -283,20 +353,24 @@ def cmd_produce(args: argparse.Namespace) -> int:
     settings = kafka_settings(args)
     if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
         raise CliError(f"--rate: must be a finite number > 0 events/s, got {args.rate}")
-    data, sim = stream_configs(args)
-    _log(f"produce: {sim.events} predictions ({data.dataset}, {sim.policy} policy) to "
-         f"{settings.predictions_topic} and {settings.feedback_topic} at {settings.bootstrap_servers}, "
-         f"codec {args.codec}")
+    extra: dict[str, Any] = {}
+    if args.from_file is not None:
+        events, extra = _file_events(args, settings)
+    else:
+        data, sim = stream_configs(args)
+        _log(f"produce: {sim.events} predictions ({data.dataset}, {sim.policy} policy) to "
+             f"{settings.predictions_topic} and {settings.feedback_topic} at {settings.bootstrap_servers}, "
+             f"codec {args.codec}")
+        events = Simulator(sim, data).events()
     start = time.perf_counter()
     try:
-        counts = produce_stream(settings, Simulator(sim, data).events(), codec=args.codec, rate=args.rate,
-                                pack=args.pack)
+        counts = produce_stream(settings, events, codec=args.codec, rate=args.rate, pack=args.pack)
     except KafkaSetupError as exc:
         raise CliError(str(exc)) from exc
     seconds = time.perf_counter() - start
-    events = counts["predictions"] + counts["feedback"]
-    _emit({**counts, "codec": args.codec, "seconds": round(seconds, 3),
-           "events_per_second": round(events / seconds, 1) if seconds > 0 else None})
+    sent = counts["predictions"] + counts["feedback"]
+    _emit({**counts, **extra, "codec": args.codec, "seconds": round(seconds, 3),
+           "events_per_second": round(sent / seconds, 1) if seconds > 0 else None})
     return 0
 
 

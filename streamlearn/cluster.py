@@ -34,6 +34,11 @@ INLINE_BYTES = 512 * 1024
 INLINE_ENV = "RAY_max_direct_call_object_size"
 ADDRESS_ENV = "RAY_ADDRESS"
 USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
+# Ray wraps the "(WorkerActor pid=...)" prefix of forwarded actor output in colour codes unless this is 0
+COLOR_ENV = "RAY_COLOR_PREFIX"
+# A new local Ray turns token auth on by itself and warns that it did; saying so explicitly keeps it on, quietly.
+# Read when ray is imported: set later, the driver and the Ray it starts would disagree on it.
+AUTH_ENV = "RAY_AUTH_MODE"
 
 
 class RayUnreachable(ConnectionError):
@@ -41,8 +46,20 @@ class RayUnreachable(ConnectionError):
 
 
 def loopback_ray() -> None:
-    """Call before anything imports ray: a local Ray then listens on 127.0.0.1 only (a user's setting wins)."""
+    """Call before anything imports ray: a local Ray then listens on 127.0.0.1 only, with token auth on
+    and no warning about it, and no colour codes in a redirected stderr (a user's settings win)."""
     os.environ.setdefault(LOOPBACK_ENV, "0")
+    os.environ.setdefault(AUTH_ENV, "token")
+    plain_output()
+
+
+def plain_output(stream: Any = None) -> None:
+    """No colour codes in Ray's forwarded actor output unless ``stream`` (stderr) is a terminal (a user's own
+    setting wins)."""
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    if not (callable(isatty) and isatty()):
+        os.environ.setdefault(COLOR_ENV, "0")
 
 
 def inline_larger_calls() -> None:
@@ -132,6 +149,7 @@ def start_ray(cfg: RayConfig) -> None:
 
     if ray.is_initialized():
         return
+    plain_output()
     address = resolve(cfg.address)
     if address is not None:
         probe(address, cfg.connect_seconds)

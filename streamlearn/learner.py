@@ -27,13 +27,13 @@ from streamlearn.objective import Objective
 from streamlearn.ps.state import FlatState, Grad, ModelState, Rows, RowState
 
 # micro-batches per KL(serving || current) sample: the metric is a smoothed gauge, and computing it
-# on every micro-batch of 4 cost a fifth of the gradient step (~10 of ~55 us)
+# on every micro-batch of 4 costs a fifth of the gradient step
 KL_EVERY = 8
 # a gradient norm above this is treated as not finite: a gradient entry near it squares to more than float32
 # holds (3.4e38), so Adagrad's sums would turn inf and, in a worker's update (after - before), NaN
 MAX_GRAD_NORM = 1e18
 # the compiled loop's products are plain loops: past this many multiply-adds per micro-batch's logits
-# (batch size x features x classes), numpy's BLAS products win (measured in streamlearn/linear_kernel.py)
+# (batch size x features x classes), numpy's BLAS products win (benchmarks/learn_speed.py)
 COMPILED_MAX_MACS = 300_000
 
 

@@ -7,17 +7,9 @@ calls, ~40 us, for ~5,000 multiply-adds (digits: 64 features, 10 classes).
 :func:`linear_steps` runs the same arithmetic for the whole group in one
 compiled call (numba). Its products are plain loops, so it wins where
 numpy's per-call overhead dominates and loses where BLAS does the work:
-numpy's time over this one, groups of 64 micro-batches of B examples, random
-features (2 cores)::
-
-    D x K (B)       64x10  256x32  256x64  500x50  1000x100
-    B = 4           18.5   4.5     2.6     2.4     1.6
-    B = 32          5.0    1.6     1.4     1.1     0.64
-
-so :class:`~streamlearn.learner.Learner` uses it up to 300,000
-multiply-adds per micro-batch (B x D x K): on the simulated wide dataset
-(1000 x 100) at B = 4, 400,000, ``benchmarks/learn_speed.py`` measured
-0.83-0.98.
+so :class:`~streamlearn.learner.Learner` uses it up to
+``COMPILED_MAX_MACS`` multiply-adds per micro-batch (B x D x K), where
+``benchmarks/learn_speed.py`` finds the two about even.
 
 Per micro-batch of n examples, with logits f = W x + b (the weights before
 this micro-batch's step) and p = softmax(f)::

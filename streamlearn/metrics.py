@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -54,12 +55,34 @@ JOIN_STAGES = ("arrived", "joined")
 LOSS_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, math.inf)
 STALENESS_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, math.inf)
 BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, math.inf)
+YOUNG_ROWS = 50  # a young run's history gets a row every 1/YOUNG_ROWS of its age ...
+YOUNG_MIN_SECONDS = 0.1  # ... but not more often than this: a 2 s demo still has ~20 rows to draw
+
+
+class HistoryCadence:
+    """When the next history row is due: at most ``every`` seconds apart, and more often while the run is
+    young (every 1/:data:`YOUNG_ROWS` of its age, at least :data:`YOUNG_MIN_SECONDS` apart), so a run of a few
+    seconds draws a curve and an hour-long one writes ~3600/``every`` rows, not a row per step."""
+
+    def __init__(self, every: float, clock: Callable[[], float]) -> None:
+        self.every, self.clock = every, clock
+        self.started = clock()
+        self.last: float | None = None
+
+    def due(self) -> bool:
+        now = self.clock()
+        gap = min(self.every, max(YOUNG_MIN_SECONDS, (now - self.started) / YOUNG_ROWS))
+        if self.last is not None and now - self.last < gap:
+            return False
+        self.last = now
+        return True
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, ewma: float = 0.05,
-                 checkpoints: bool = True) -> None:
+                 checkpoints: bool = True, clock: Callable[[], float] = time.time) -> None:
         r = self.registry = registry or CollectorRegistry()
+        self.clock = clock  # the history's: when a row is due, and its "time"
         self.ewma = ewma
         self.events = Counter("streamlearn_events_total", "Events by topic and outcome "
                               "(consumed, joined, invalid, duplicate, expired, evicted)", ["topic", "outcome"],
@@ -121,7 +144,7 @@ class Metrics:
         self._pending: dict[int, int] = {}
         self.last_checkpoint = time.time()
         self._history: IO[str] | None = None
-        self._history_at = 0.0
+        self._history_cadence: HistoryCadence | None = None
 
     def _start_known_series(self) -> None:
         """Export every known label value at 0, so ``increase()`` in an alert sees the first event of a kind."""
@@ -231,17 +254,20 @@ class Metrics:
         """Refresh time-based gauges; append a history snapshot when one is due."""
         if self.checkpoint_age is not None:
             self.checkpoint_age.set(time.time() - self.last_checkpoint)
-        if history is None or time.time() - self._history_at < every:
+        if history is None:
+            return
+        if self._history_cadence is None:
+            self._history_cadence = HistoryCadence(every, self.clock)
+        if not self._history_cadence.due():
             return
         if self._history is None:
             self._history = open(history, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
-        self._history_at = time.time()
         self._history.write(json.dumps(self.snapshot()) + "\n")
         self._history.flush()
 
     def snapshot(self) -> dict[str, Any]:
         """Current values of every sample, keyed by name{labels}: the history file's rows."""
-        out: dict[str, Any] = {"time": time.time()}
+        out: dict[str, Any] = {"time": self.clock()}
         for family in self.registry.collect():
             for sample in family.samples:
                 if sample.name.endswith(("_bucket", "_created")):

@@ -101,7 +101,9 @@ class MetricsConfig(Section):
                                le=65535)
     history: str | None = setting(None, "append metric snapshots to this JSON-lines file (for `report`)",
                                   flag="--metrics-history")
-    history_every_seconds: float = setting(2.0, "interval of the history snapshots", gt=0)
+    history_every_seconds: float = setting(2.0, "longest interval between history snapshots (a young run takes "
+                                           "them more often, so a short one still draws)",
+                                           flag="--metrics-history-every-seconds", gt=0)
     tls_certfile: str | None = setting(None, "serve metrics over TLS with this certificate",
                                        flag="--metrics-tls-certfile")
     tls_keyfile: str | None = setting(None, "... and this key", flag="--metrics-tls-keyfile")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import uuid
 from collections.abc import Collection, Hashable, Iterator
 from typing import Any
 
@@ -36,10 +37,12 @@ def _lost() -> Iterator[None]:
 
 class RayFleet:
     def __init__(self, cfg: JobConfig, assignment: list[list[int]]) -> None:
-        server: Any = placed(ParamServerActor, cfg.ray.actor_resource)
+        # the workers find the shards by name (unique per fleet: a driver may run several jobs in turn)
+        names = [f"streamlearn-ps-{uuid.uuid4().hex[:12]}-{i}" for i in range(cfg.ps.shards)]
+        self.shards = [placed(ParamServerActor, cfg.ray.actor_resource, name).remote(
+            i, cfg.ps, cfg.model, cfg.optim, len(assignment)) for i, name in enumerate(names)]
         worker: Any = placed(WorkerActor, cfg.ray.actor_resource)
-        self.shards = [server.remote(i, cfg.ps, cfg.model, cfg.optim, len(assignment)) for i in range(cfg.ps.shards)]
-        self.handles = [worker.remote(w, cfg, parts, self.shards) for w, parts in enumerate(assignment)]
+        self.handles = [worker.remote(w, cfg, parts, names) for w, parts in enumerate(assignment)]
         self.workers = len(self.handles)
         # every actor constructed (sources connected, servers built) before any idle clock starts
         with _lost():

@@ -17,13 +17,13 @@ from streamlearn.kafka.dead_letters import (
     H_VALUE_NULL,
     DeadLetterSink,
 )
-from streamlearn.kafka.produce import partition_for, produce_stream
+from streamlearn.kafka.produce import JsonRecord, partition_for, produce_stream
 from streamlearn.kafka.settings import CLIENTS, SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaSettings, default_client
 from streamlearn.kafka.source import KafkaSource, SourceConfig
 
 __all__ = [
     "CLIENTS", "H_DETAIL", "H_ERROR", "H_OFFSET", "H_PARTITION", "H_TOPIC", "H_TRUNCATED_FROM", "H_VALUE_NULL",
-    "SASL_MECHANISMS", "SECURITY_PROTOCOLS", "DeadLetterSink", "KafkaSettings", "KafkaSetupError", "KafkaSource",
-    "KafkaUnavailable", "SourceConfig", "check_copartitioned", "create_topics", "default_client", "describe_topics",
-    "partition_for", "produce_stream",
+    "SASL_MECHANISMS", "SECURITY_PROTOCOLS", "DeadLetterSink", "JsonRecord", "KafkaSettings", "KafkaSetupError",
+    "KafkaSource", "KafkaUnavailable", "SourceConfig", "check_copartitioned", "create_topics", "default_client",
+    "describe_topics", "partition_for", "produce_stream",
 ]

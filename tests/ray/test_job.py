@@ -227,8 +227,9 @@ def test_no_actor_of_a_linear_or_hashed_job_imports_torch(ray_cluster, model: st
     from streamlearn.actors import ParamServerActor, WorkerActor
 
     cfg = job_config(workers=1, ps={"shards": 1}, sim={"events": 400}, **(HASHED if model == "hashed" else {}))
-    server = ParamServerActor.remote(0, cfg.ps, cfg.model, cfg.optim, 1)
-    worker = WorkerActor.remote(0, cfg, [0], [server])
+    name = f"torchless-{model}"  # the worker finds its shards by name
+    server = ParamServerActor.options(name=name).remote(0, cfg.ps, cfg.model, cfg.optim, 1)
+    worker = WorkerActor.remote(0, cfg, [0], [name])
     ray.get(worker.step.remote())
     assert ray.get([worker.imported.remote("numpy"), server.imported.remote("numpy")]) == [True, True]
     assert ray.get([worker.imported.remote("torch"), server.imported.remote("torch")]) == [False, False]

@@ -1,5 +1,6 @@
 """The CLI: JSON summaries on stdout's last line, one-line errors, and the core claims of the objective."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -198,3 +199,56 @@ def test_seed_flag_sets_every_seed(job_config: dict) -> None:
     assert main(["demo", "--seed", "7", "--ray-dashboard"]) == 0
     cfg = job_config["cfg"]
     assert (cfg.model.seed, cfg.data.seed, cfg.sim.seed, cfg.ray.dashboard) == (7, 7, 7, True)
+
+
+def _command_parser(*names: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for name in names:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
+HELP_DEFAULTS = [
+    (("evaluate",), "--lr"), (("evaluate",), "--batch-size"), (("evaluate",), "--events"), (("evaluate",), "--seed"),
+    (("evaluate",), "--policy"), (("evaluate",), "--dataset"), (("evaluate",), "--epsilon"),
+    (("evaluate",), "--judged-share"), (("evaluate",), "--objective"), (("demo",), "--lr"), (("demo",), "--events"),
+    (("demo",), "--pull-every"), (("demo",), "--judged-share"), (("run",), "--objective"), (("run",), "--pull-every"),
+    (("run",), "--batch-size"), (("produce",), "--events"), (("produce",), "--policy"),
+    (("topics", "create"), "--partitions"), (("topics", "create"), "--replication-factor"),
+]
+
+
+@pytest.mark.parametrize(("command", "flag"), HELP_DEFAULTS)
+def test_help_says_what_a_flag_does_and_its_default(command: tuple[str, ...], flag: str, capsys) -> None:
+    parser = _command_parser(*command)
+    action = next(a for a in parser._actions if flag in a.option_strings)
+    shown = (action.help or "") % {**vars(action), "prog": parser.prog}  # as argparse renders it
+    what, _, default = shown.partition("(default ")
+    assert what.strip() and default.strip(") "), f"{' '.join(command)} {flag}: {shown!r}"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--help"])
+    assert " ".join(shown.split()) in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["topics", "create", "--partitions", "x"], "argument --partitions: must be an integer >= 1, got 'x'"),
+        (["topics"], "the following arguments are required: {create,describe}"),
+        (["produce", "--pack", "0"], "argument --pack: must be >= 1, got 0"),
+    ],
+)
+def test_errors_name_what_the_user_typed_not_internal_names(args: list[str], message: str, capsys) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "_positive_int" not in err and "topics_command" not in err
+
+
+def test_version_prints_the_package_version(capsys) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"streamlearn {version('streamlearn')}"

@@ -28,3 +28,23 @@ def test_the_actors_module_loads_ray_but_not_torch() -> None:
 @pytest.mark.parametrize("module", ["worker", "ps.client", "ps.shard"])
 def test_the_worker_and_the_ps_core_do_not_load_ray(module: str) -> None:
     assert _loaded(module, ["ray"]) == []
+
+
+def test_simulating_digits_loads_neither_sklearn_nor_scipy() -> None:
+    code = ("import sys; from streamlearn.config.stream import DataConfig; from streamlearn.simulate import Dataset; "
+            "d = Dataset(DataConfig()); assert d.x_train.shape[1] == 64; "
+            "print(' '.join(p for p in ['sklearn', 'scipy', 'torch'] if p in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []
+
+
+def test_the_digits_read_from_the_file_are_sklearns() -> None:
+    import numpy as np
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from streamlearn.simulate import load_digits
+
+    pixels, target = load_digits()
+    reference = sklearn_digits()
+    np.testing.assert_array_equal(pixels, reference.data)
+    np.testing.assert_array_equal(target, reference.target)
