@@ -209,6 +209,8 @@ def _run_job(cfg: JobConfig, name: str) -> dict[str, Any]:
     _log(f"{name}: stopped ({summary['stop_reason']}): {summary['events_consumed']} records, "
          f"{summary['model_examples_positive']}+/{summary['model_examples_negative']}- examples in the model, "
          f"progressive accuracy {summary['progressive_accuracy']}, {summary['events_per_second']} records/s")
+    for warning in summary["warnings"]:  # last on stderr, where a user looks when the numbers disappoint
+        _log(f"{name}: WARNING: {warning}")
     return summary
 
 

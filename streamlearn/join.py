@@ -11,6 +11,10 @@ State is bounded two ways:
 Each id yields at most one example: a second prediction or feedback for an id
 that is pending or already joined is counted ``duplicate``. Joined ids are
 remembered for the TTL (bounded by ``max_pending`` too) for that check.
+
+Feedback that needs its prediction (not a duplicate, not inline) is counted
+``feedback`` as it arrives; ``joined / feedback`` is the join hit rate, which
+producers that partition the two topics differently drive far below 1.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class Joiner:
             return None
         waiting = self._preds.pop(ident, None)
         if waiting is not None:
+            self.counts["feedback"] += 1
             self._exposed(self._preds)
             return self._joined(waiting[1], fb)
         if fb.features is not None:  # inline feedback may carry everything it needs: no join
@@ -86,6 +91,7 @@ class Joiner:
                 self._remember(ident)
                 self.counts["inline"] += 1
                 return inline
+        self.counts["feedback"] += 1
         if ts < self.watermark - self.cfg.ttl_seconds:
             self.counts["expired"] += 1
             return None

@@ -40,6 +40,7 @@ METRIC_NAMES = (
     "streamlearn_diverging",
     "streamlearn_consumer_lag",
     "streamlearn_join_pending",
+    "streamlearn_join_feedback_total",
     "streamlearn_checkpoint_age_seconds",
     "streamlearn_workers",
     "streamlearn_example_loss",
@@ -50,6 +51,7 @@ METRIC_NAMES = (
     "streamlearn_pushes_total",
 )
 
+JOIN_STAGES = ("arrived", "joined")
 LOSS_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, math.inf)
 STALENESS_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, math.inf)
 BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, math.inf)
@@ -109,6 +111,11 @@ class Metrics:
         self.lag = Gauge("streamlearn_consumer_lag", "Records behind the end of the partition",
                          ["topic", "partition"], registry=r)
         self.pending = Gauge("streamlearn_join_pending", "Events waiting for their join partner", registry=r)
+        # joined / arrived is the join hit rate (StreamlearnJoinHitRateLow): far below 1 when producers
+        # partition the two topics differently
+        self.join_feedback = Counter("streamlearn_join_feedback_total", "Feedback events that need their "
+                                     "prediction (not inline, not duplicates), by stage: arrived, and joined with "
+                                     "it", ["stage"], registry=r)
         # only with checkpoints on: without them there is no age, and one counted from the start would fire
         # StreamlearnCheckpointTooOld 15 minutes in
         self.checkpoint_age = Gauge("streamlearn_checkpoint_age_seconds", "Seconds since the last checkpoint "
@@ -149,6 +156,8 @@ class Metrics:
             self.stale.labels(action)
         for outcome in JOIN_OUTCOMES:
             self.events.labels("all", outcome)
+        for stage in JOIN_STAGES:
+            self.join_feedback.labels(stage)
 
     # -- the scrape endpoint ---------------------------------------------------
 
@@ -195,6 +204,10 @@ class Metrics:
                 self.events.labels("all", outcome).inc(r.join[outcome])
         for reason, n in r.dead.items():
             self.dlq.labels(reason).inc(n)
+        if r.join.get("feedback"):
+            self.join_feedback.labels("arrived").inc(r.join["feedback"])
+        if r.join.get("joined"):
+            self.join_feedback.labels("joined").inc(r.join["joined"])
         s = r.stats
         applied_pos = sum(n for (_, pol), n in r.applied.items() if pol == "positive")
         applied_neg = sum(n for (_, pol), n in r.applied.items() if pol == "negative")

@@ -125,7 +125,8 @@ class StepResult:
     # the calls' own cost
     push_held_seconds: float = 0.0
     step_seconds: float = 0.0  # the whole step: poll, decode, join, compute, push
-    pending: int = 0
+    pending: int = 0  # events waiting in the join and examples waiting for a micro-batch
+    waiting: int = 0  # of those, the events in the join
     exhausted: bool = False
     lag: dict[TopicPartition, int] = field(default_factory=dict)
 
@@ -180,7 +181,7 @@ class Worker:
             self.exchange.flush(out)
         out.counts = Counter(self.ingest.counts) - before_counts
         out.join = self.ingest.join_counts() - before_join
-        out.pending = self.ingest.pending + len(self.buffer)
+        self._pending(out)
         out.version = self.version
         out.exhausted = bool(getattr(self.source, "exhausted", False))
         lag = getattr(self.source, "lag", None)
@@ -227,7 +228,12 @@ class Worker:
         out = StepResult(self.id, version=self.version)
         self.exchange.flush(out)
         out.version = self.version
+        self._pending(out)
         return out
+
+    def _pending(self, out: StepResult) -> None:
+        out.waiting = self.ingest.pending
+        out.pending = out.waiting + len(self.buffer)
 
     def _train(self, batches: list[list[Example]], out: StepResult) -> None:
         """Compute each batch's gradient and apply it locally; push what the group's steps changed in one call.

@@ -22,6 +22,7 @@ from streamlearn.config.runtime import (
                                          SECURITY_PROTOCOLS,
                                          STALE_POLICIES,
                                          CheckpointConfig,
+                                         HealthConfig,
                                          JoinConfig,
                                          KafkaConfig,
                                          MetricsConfig,
@@ -34,7 +35,8 @@ from streamlearn.config.stream import DATASETS, POLICIES, DataConfig, SimConfig
 __all__ = [
     "CODECS", "DATASETS", "DIGITS_SHAPE", "ENV_IGNORED", "GUARDS", "KAFKA_CLIENTS", "MODELS", "OBJECTIVES",
     "OPTIMIZERS", "POLICIES", "PS_MODES", "RAY_RESOURCES", "SASL_MECHANISMS", "SECURITY_PROTOCOLS", "SOURCES",
-    "STALE_POLICIES", "CheckpointConfig", "ConfigError", "DataConfig", "DivergenceConfig", "JobConfig", "JoinConfig",
-    "KafkaConfig", "MetricsConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "PSConfig", "RayConfig",
-    "Section", "SimConfig", "StopConfig", "build", "env_names", "load", "load_kafka", "service_link", "setting",
+    "STALE_POLICIES", "CheckpointConfig", "ConfigError", "DataConfig", "DivergenceConfig", "HealthConfig",
+    "JobConfig", "JoinConfig", "KafkaConfig", "MetricsConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig",
+    "PSConfig", "RayConfig", "Section", "SimConfig", "StopConfig", "build", "env_names", "load", "load_kafka",
+    "service_link", "setting",
 ]

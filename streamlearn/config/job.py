@@ -8,6 +8,7 @@ from streamlearn.config.declare import ConfigError, Section, setting
 from streamlearn.config.learning import DivergenceConfig, ModelConfig, ObjectiveConfig, OptimConfig
 from streamlearn.config.runtime import (
     CheckpointConfig,
+    HealthConfig,
     JoinConfig,
     KafkaConfig,
     MetricsConfig,
@@ -40,6 +41,7 @@ class JobConfig(Section):
     optim: OptimConfig = field(default_factory=OptimConfig)
     ps: PSConfig = field(default_factory=PSConfig)
     join: JoinConfig = field(default_factory=JoinConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -64,6 +64,22 @@ class JoinConfig(Section):
 
 
 @dataclass(frozen=True)
+class HealthConfig(Section):
+    """When a job warns that its input is going nowhere (on stderr, in the summary's warnings; alerts in
+    deploy/prometheus/rules.yml use the same defaults)."""
+
+    key = "health"
+
+    max_dead_letter_share: float = setting(0.5, "warn when more than this share of the records went to the dead "
+                                           "letters (1: never)", gt=0, le=1)
+    min_join_hit_rate: float = setting(0.5, "warn when less than this share of the feedback that needs a join "
+                                       "found its prediction (0: never)", ge=0, le=1)
+    min_records: int = setting(1000, "records (dead letters) or feedback events (joins) a share needs before "
+                               "the job warns while it runs; the join warning at the end needs a tenth of it",
+                               ge=1)
+
+
+@dataclass(frozen=True)
 class CheckpointConfig(Section):
     key = "checkpoint"
 
@@ -175,6 +191,7 @@ __all__ = [
     "SECURITY_PROTOCOLS",
     "STALE_POLICIES",
     "CheckpointConfig",
+    "HealthConfig",
     "JoinConfig",
     "KafkaConfig",
     "MetricsConfig",

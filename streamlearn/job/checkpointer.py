@@ -35,6 +35,7 @@ class Checkpointer:
         self.saved = 0  # checkpoints written by this job
         self.recoveries = 0
         self.last: str | None = None  # the newest checkpoint written
+        self.restored_waiting = 0  # events in the joins of the checkpoint last restored
 
     def pause(self, inflight: dict[Hashable, int], fold: Callable[[StepResult], None]) -> None:
         """Let the in-flight steps finish and fold them, then the pushes still in flight; queue nothing.
@@ -81,6 +82,8 @@ class Checkpointer:
             workers = regroup(workers, self.assignment)
         self.fleet.load(state["shards"])
         self.fleet.restore(workers)
+        self.restored_waiting = sum(len(j["preds"]) + len(j["feedback"]) for w in workers
+                                    for j in w["ingest"]["joiners"].values())
         return Counter(state["lineage"])
 
     def recover(self, lost: list[Hashable], exc: Exception) -> Counter[tuple[int, str]]:

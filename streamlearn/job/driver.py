@@ -80,6 +80,7 @@ class Job:
         found = self.checkpointer.latest()
         if found is not None:
             self.loop.lineage = self.checkpointer.restore(found[1])
+            self.loop.totals.restart(self.checkpointer.restored_waiting)
             self.guard.restored()
             self.restored_from = str(found[0])
             if self.progress:

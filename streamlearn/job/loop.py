@@ -11,6 +11,7 @@ from collections.abc import Callable, Hashable
 from typing import TypeVar
 
 from streamlearn.config import JobConfig
+from streamlearn.job import health
 from streamlearn.job.budget import RecordBudget
 from streamlearn.job.checkpointer import Checkpointer
 from streamlearn.job.fleet import ActorLost, Fleet
@@ -55,6 +56,7 @@ class StepLoop:
         self.inflight: dict[Hashable, int] = {}  # step -> worker
         self._norm, self._looked, self._reported = 0.0, 0.0, 0.0
         self._saved_at, self._saved_updates = 0.0, 0
+        self.warned: set[str] = set()  # the health warnings already said while running (each once)
 
     def run(self, finish: Callable[[], T]) -> T:
         """Step until a stop condition, drain, then ``finish`` (the final reads). An actor lost on the way is
@@ -107,7 +109,18 @@ class StepLoop:
         if self.progress and now - self._reported > PROGRESS_EVERY:
             self._reported = now
             self.progress(progress_line(self.totals, now - self.stop.started))
+        self._warn()
         self._stopping()
+
+    def _warn(self) -> None:
+        """Say each health warning once, as soon as its share is clear (the summary repeats it at the end)."""
+        if len(self.warned) == 2:
+            return
+        for kind, text in health.due(self.totals, self.cfg, final=False).items():
+            if kind not in self.warned:
+                self.warned.add(kind)
+                if self.progress:
+                    self.progress(f"WARNING: {text}")
 
     def _stopping(self) -> bool:
         return self.stop.check(self.budget, len(self.exhausted), self.fleet.workers)
@@ -173,6 +186,7 @@ class StepLoop:
         lost = list(self.inflight)
         self.inflight.clear()
         self.lineage = self.checkpointer.recover(lost, exc)
+        self.totals.restart(self.checkpointer.restored_waiting)
         self.guard.restored()
         self.exhausted.clear()
         fresh = self.budget.fresh

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamlearn.config import JobConfig
+from streamlearn.job import health
 from streamlearn.learner import BatchStats
 from streamlearn.worker import StepResult
 
@@ -29,6 +30,9 @@ class Totals:
     push_held_seconds: float = 0.0
     compute_seconds: float = 0.0
     step_seconds: float = 0.0
+    waiting: dict[int, int] = field(default_factory=dict)  # worker -> events in its join, as last reported
+    rewound: int = 0  # events in the joins when a recovery went back to a checkpoint (read again after it)
+    restored: int = 0  # events in the joins of the checkpoints restored (at the start, at each recovery)
 
     def add(self, r: StepResult) -> None:
         self.records += r.records
@@ -46,6 +50,14 @@ class Totals:
         self.push_held_seconds += r.push_held_seconds
         self.compute_seconds += sum(r.batch_seconds)
         self.step_seconds += r.step_seconds
+        self.waiting[r.worker] = r.waiting
+
+    def restart(self, waiting: int) -> None:
+        """The workers restored a checkpoint whose joins hold ``waiting`` events: what their joins held as last
+        reported is gone (its records are read again), and those events are back."""
+        self.rewound += sum(self.waiting.values())
+        self.waiting = {}
+        self.restored += waiting
 
     def outcome(self, name: str) -> int:
         """Records of every topic with this ingest outcome (consumed, invalid)."""
@@ -86,6 +98,13 @@ def summarize(cfg: JobConfig, t: Totals, end: Ending) -> dict[str, Any]:
         "invalid": t.outcome("invalid"),
         "duplicates": t.join["duplicate"],
         "expired": t.join["expired"] + t.join["evicted"],
+        # where every consumed record went, one part each (health.records): the parts add up to events_consumed
+        # plus records_from_checkpoint, the events restored into the joins (which end in one part too)
+        "records": health.records(t),
+        "records_from_checkpoint": t.restored,
+        "dead_letters": dict(t.dead.most_common()),  # by reason, most first
+        "join_hit_rate": health.join_hit_rate(t),
+        "warnings": health.warnings(t, cfg, final=True),
         "progressive_accuracy": _ratio(t.stats.positive_correct, t.stats.positive),
         "negative_avoidance": _ratio(t.stats.negative_avoided, t.stats.negative),
         "model_examples_positive": sum(n for (_, pol), n in lineage.items() if pol == "positive"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +27,7 @@ from streamlearn.kafka import (
     KafkaSettings,
     KafkaSource,
     dead_letters,
+    partition_for,
 )
 from streamlearn.source import Record
 
@@ -81,6 +83,32 @@ def _retry_until_acked(sink: DeadLetterSink, deadline_s: float = 20.0) -> None:
         sink.retry()
         sink.flush(timeout_s=5)
         time.sleep(0.05)
+
+
+def test_letters_land_where_murmur2_of_their_key_puts_them(kafka_topics: TopicFactory) -> None:
+    """The sink partitions as the Java client does whichever client it runs on (librdkafka's default would
+    hash with CRC32): a letter sits in the DLQ partition its prediction id's records use."""
+    settings = kafka_topics(partitions=4)
+    keys = [f"req-{i}".encode() for i in range(40)]
+    assert any(partition_for(k, 4) != zlib.crc32(k) % 4 for k in keys)  # the two hashes tell apart here
+    with DeadLetterSink(settings) as sink:
+        for i, key in enumerate(keys):
+            sink.write(_letter(settings, i, key=key))
+        sink.flush(timeout_s=20)
+        assert sink.unacked() == []
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             auto_offset_reset="earliest")
+    letters: list[Any] = []
+    try:
+        consumer.assign([TopicPartition(settings.dlq_topic, p) for p in range(4)])
+        end = time.monotonic() + 20
+        while len(letters) < len(keys) and time.monotonic() < end:
+            for recs in consumer.poll(timeout_ms=500).values():
+                letters.extend(recs)
+    finally:
+        consumer.close()
+    assert sorted(letter.key for letter in letters) == sorted(keys)
+    assert all(letter.partition == partition_for(letter.key, 4) for letter in letters)
 
 
 def test_null_key_and_value_reach_the_dlq_marked_null(kafka_topics: TopicFactory) -> None:

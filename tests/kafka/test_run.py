@@ -35,7 +35,18 @@ from run_helpers import (
     wait_until,
 )
 
-from streamlearn.kafka import H_DETAIL, H_ERROR, H_OFFSET, H_PARTITION, H_TOPIC, KafkaSettings, produce_stream
+from streamlearn.events import Feedback, Prediction
+from streamlearn.kafka import (
+    H_DETAIL,
+    H_ERROR,
+    H_OFFSET,
+    H_PARTITION,
+    H_TOPIC,
+    KafkaSettings,
+    partition_for,
+    produce_stream,
+)
+from tests.unit.named_stream import NAMES, as_json, crc32_partition, named_stream
 
 pytestmark = pytest.mark.kafka
 
@@ -97,6 +108,7 @@ def test_run_consumes_every_record_once_and_trains_exactly(shared: Stream, tmp_p
     assert s["invalid"] == 0
     assert_trained_exactly(s, shared.expected)
     assert s["restored_from"] is None and s["checkpoints"] == 0
+    assert sum(s["records"].values()) == s["events_consumed"] and s["warnings"] == []  # every record, one part
 
 
 # -- 2 and 4. a binary stream with malformed records interleaved ------------------------------------
@@ -143,10 +155,15 @@ def test_binary_codec_end_to_end(mixed: MixedRun) -> None:
     assert s["events_consumed"] == mixed.valid_records + len(MALFORMED)
     assert s["offsets"] == end_offsets(mixed.settings, 2)
     assert_trained_exactly(s, mixed.expected)  # the malformed records cost the valid stream nothing
+    # a binary record counts once per event in the breakdown: every event and every malformed record, one part
+    events = len(simulate(600, seed=21, **SIM)) + len(simulate(600, seed=22, **SIM))
+    assert s["records"]["dead_letter"] == len(MALFORMED)
+    assert sum(s["records"].values()) == events + len(MALFORMED) and s["records_from_checkpoint"] == 0
 
 
 def test_malformed_records_go_to_the_dlq_with_error_headers(mixed: MixedRun) -> None:
     assert mixed.summary["invalid"] == len(MALFORMED)
+    assert mixed.summary["dead_letters"] == dict(Counter(reason for _, _, reason in MALFORMED))
     assert len(mixed.letters) == len(MALFORMED)  # each once
     for letter in mixed.letters:
         h = {k: v.decode() for k, v in letter.headers}
@@ -330,3 +347,65 @@ def test_sigterm_checkpoints_and_the_next_run_resumes(kafka_topics: TopicFactory
     assert stopped["examples_negative"] + resumed["examples_negative"] == exp.negative
     assert (resumed["model_examples_positive"], resumed["model_examples_negative"]) == (exp.positive, exp.negative)
     assert resumed["model_examples_by_partition"] == exp.by_partition
+
+
+# -- a user's own stream: forgotten flags, a different partitioner --------------------------------
+
+
+def send_named(settings: KafkaSettings, events: list[Any], feedback_partition: Any = None,
+               partitions: int = 2) -> None:
+    """JSON with named classes, key = id, the Java client's partitioner (kafka-python's default, murmur2); the
+    feedback by ``feedback_partition(key, partitions)`` if given."""
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5)
+    try:
+        for ev in events:
+            pred = isinstance(ev, Prediction)
+            key = ev.id.encode()
+            part = None if pred or feedback_partition is None else feedback_partition(key, partitions)
+            producer.send(settings.predictions_topic if pred else settings.feedback_topic, value=as_json(ev),
+                          key=key, partition=part)
+        producer.flush(60)
+    finally:
+        producer.close()
+
+
+def warning_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("run: WARNING: ")]
+
+
+def test_forgetting_n_features_and_classes_says_where_the_records_went(kafka_topics: TopicFactory,
+                                                                       tmp_path: Path) -> None:
+    """An 8-feature stream with named classes, run without --n-features / --classes (64 and 10 by default)."""
+    settings = kafka_topics(partitions=2)
+    events = named_stream(1000)
+    send_named(settings, events)
+    labelled = sum(1 for ev in events if isinstance(ev, Feedback) and ev.label is not None)
+    done = cli(tmp_path, settings, *run_args(*IDLE))
+    s = done.ok()
+    assert s["events_consumed"] == sum(s["records"].values()) == 2000
+    assert s["dead_letters"] == {"bad_dense_length": 1000, "unknown_class": labelled}
+    # the correct/wrong feedback waited for predictions that went to the dead letters: pending, not nowhere
+    assert s["records"]["pending"] == 1000 - labelled and s["records"]["example"] == 0
+    *early, said = [line for line in warning_lines(done.stderr) if "dead letters" in line]
+    assert len(early) <= 1  # said while running once the share was clear (the shares then differ), and last
+    assert f"{1000 + labelled} of 2000 records" in said and settings.dlq_topic in said
+    assert f"bad_dense_length 1000, unknown_class {labelled}" in said
+    assert "--classes and --n-features match" in said
+    assert done.stderr.rstrip().endswith(said)  # the last thing on stderr
+    assert s["warnings"] == [said.removeprefix("run: WARNING: ")]
+
+
+def test_feedback_partitioned_by_another_hash_is_warned_about(kafka_topics: TopicFactory, tmp_path: Path) -> None:
+    """Predictions by murmur2, feedback by CRC32 (librdkafka's default): most pairs never meet."""
+    settings = kafka_topics(partitions=4)
+    events = named_stream(1000)
+    send_named(settings, events, crc32_partition, 4)
+    met = sum(1 for ev in events if isinstance(ev, Feedback)
+              and crc32_partition(ev.id.encode(), 4) == partition_for(ev.id.encode(), 4))
+    done = cli(tmp_path, settings, *run_args("--classes", ",".join(NAMES), "--n-features", "8", *IDLE))
+    s = done.ok()
+    assert (s["invalid"], s["join_hit_rate"]) == (0, round(met / 1000, 4)) and met < 500
+    assert s["records"]["example"] == 2 * met and sum(s["records"].values()) == 2000
+    *early, said = warning_lines(done.stderr)
+    assert len(early) <= 1
+    assert f"only {met} of 1000 feedback events" in said and "partitioner=murmur2_random" in said

@@ -22,6 +22,7 @@ SUMMARY_KEYS = {
     "divergence_events", "diverged", "rollbacks", "workers", "ps_mode", "ps_shards", "recoveries",
     "records_replayed", "restored_from", "checkpoints", "stop_reason", "seconds", "events_per_second", "pushes",
     "grads_per_push_mean", "push_fraction", "push_to_compute", "push_wait_fraction", "call_overhead_fraction",
+    "records", "records_from_checkpoint", "dead_letters", "join_hit_rate", "warnings",
 }
 
 
@@ -64,6 +65,11 @@ def after_a_checkpoint_and_records(job: Job) -> bool:
     return job.checkpoints >= 2 and job.loop.budget.fresh > job.loop.budget.at_save
 
 
+def assert_every_record_counted(s: dict[str, Any]) -> None:
+    """Each record consumed (and each event restored into a join) ends in one part of the breakdown."""
+    assert sum(s["records"].values()) == s["events_consumed"] + s["records_from_checkpoint"]
+
+
 def run(cfg: JobConfig, hooks: At | None = None) -> tuple[Job, dict[str, Any]]:
     job = Job(cfg, hooks=hooks, fleet=LocalFleet)
     if hooks is not None:
@@ -78,6 +84,8 @@ def test_a_job_without_ray_holds_every_event_once_and_reports_every_field() -> N
     assert s["model_examples_by_partition"] == stream_lineage(cfg)
     assert s["stop_reason"] == "end_of_stream" and s["recoveries"] == 0 and s["checkpoints"] == 0
     assert s["events_consumed"] == sum(s["offsets"].values())
+    assert sum(s["records"].values()) == s["events_consumed"]  # each record in one part of the breakdown
+    assert s["records"]["example"] > 0 and s["warnings"] == []
     assert len(job.weights) == 2 and job.fleet.calls["close"] == 1  # type: ignore[attr-defined]
 
 
@@ -88,6 +96,8 @@ def test_an_actor_lost_mid_stream_is_recovered_exactly_once(tmp_path: Path, vict
     _, s = run(cfg, kill)
     assert kill.done and s["recoveries"] == 1 and s["records_replayed"] > 0
     assert s["model_examples_by_partition"] == stream_lineage(cfg)
+    assert_every_record_counted(s)
+    assert s["records"]["rewound"] > 0 and s["records_from_checkpoint"] > 0
 
 
 @pytest.mark.parametrize("victim", ["worker", "shard"])
@@ -98,6 +108,7 @@ def test_an_actor_lost_before_the_final_reads_does_not_crash_the_job(tmp_path: P
     _, s = run(cfg, At("finishing", lambda f: f.kill(**{victim: 1})))
     assert s["recoveries"] == 1 and s["records_replayed"] == 0 and s["stop_reason"] == "end_of_stream"
     assert s["model_examples_by_partition"] == stream_lineage(cfg)
+    assert_every_record_counted(s)
 
 
 @pytest.mark.parametrize("victim", ["worker", "shard"])
@@ -111,6 +122,7 @@ def test_an_actor_restarted_unnoticed_is_caught_before_its_state_is_reported(tmp
     job, s = run(cfg, At("finishing", lambda f: f.kill(**{victim: 0}, silent=True)))
     assert s["recoveries"] == 1 and s["model_examples_by_partition"] == stream_lineage(cfg)
     assert sum(s["offsets"].values()) == s["events_consumed"]
+    assert_every_record_counted(s)
     for a, b in zip(job.weights, reference, strict=True):
         np.testing.assert_allclose(a, b)
 
@@ -129,6 +141,7 @@ def test_max_events_counts_a_replayed_record_once(tmp_path: Path) -> None:
     assert s["recoveries"] == 1 and s["records_replayed"] > 0 and s["stop_reason"] == "max_events"
     assert sum(s["offsets"].values()) == 5000
     assert s["events_consumed"] == 5000 + s["records_replayed"]
+    assert_every_record_counted(s)
 
 
 def test_without_checkpoints_a_lost_actor_is_an_error_that_says_so() -> None:
@@ -141,11 +154,16 @@ def test_a_restarted_job_resumes_and_a_regrouped_one_too(tmp_path: Path) -> None
     regrouped) restores and reads only the rest."""
     first = run(job_config(tmp_path, stop={"max_events": 2000}))[1]
     assert first["events_consumed"] == 2000 and first["checkpoints"] >= 1
+    assert_every_record_counted(first)
+    assert first["records"]["pending"] > 0
     cfg = job_config(tmp_path, workers=1)
     second = run(cfg)[1]
     assert second["restored_from"] is not None and second["workers"] == 1
     assert second["model_examples_by_partition"] == stream_lineage(cfg)
     assert first["events_consumed"] + second["events_consumed"] == sum(second["offsets"].values())
+    # the second run finished what the first left in its joins
+    assert second["records_from_checkpoint"] == first["records"]["pending"]
+    assert_every_record_counted(second)
 
 
 class KillAtCall(LocalFleet):
@@ -185,3 +203,4 @@ def test_an_actor_lost_during_a_recovery_or_the_drain_is_recovered(tmp_path: Pat
     s = job.run()
     assert job.fleet.fired  # type: ignore[attr-defined]
     assert s["recoveries"] >= 1 and s["model_examples_by_partition"] == stream_lineage(cfg)
+    assert_every_record_counted(s)

@@ -121,7 +121,8 @@ def test_one_policy_serves_one_process_and_a_job() -> None:
 def test_the_summary_reports_every_field_from_totals_and_ending() -> None:
     t = Totals()
     r = StepResult(0, records=10, counts=Counter({("p", "consumed"): 6, ("f", "consumed"): 3, ("f", "invalid"): 1}),
-                   join=Counter({"duplicate": 2, "expired": 1, "evicted": 1}), staleness=[0, 0, 0], dropped=1,
+                   join=Counter({"duplicate": 2, "expired": 1, "evicted": 1, "joined": 1, "feedback": 2}),
+                   dead=Counter({"not_json": 1}), waiting=1, staleness=[0, 0, 0], dropped=1,
                    dropped_examples=4, pushes=2, push_seconds=0.2, push_wait_seconds=0.1, push_held_seconds=0.05,
                    batch_seconds=[0.4], step_seconds=1.0)
     r.stats.positive, r.stats.positive_correct, r.stats.negative, r.stats.negative_avoided = 4, 3, 2, 2
@@ -132,6 +133,9 @@ def test_the_summary_reports_every_field_from_totals_and_ending() -> None:
                  restored_from=None, checkpoints=2, stop_reason="end_of_stream", seconds=2.0)
     s = summarize(JobConfig(), t, end)
     assert s["events_consumed"] == 9 and s["invalid"] == 1 and (s["duplicates"], s["expired"]) == (2, 2)
+    assert s["records"] == {"example": 2, "dead_letter": 1, "duplicate": 2, "expired": 1, "evicted": 1,
+                            "pending": 1, "rewound": 0}
+    assert (s["dead_letters"], s["join_hit_rate"], s["warnings"]) == ({"not_json": 1}, 0.5, [])
     assert (s["progressive_accuracy"], s["negative_avoidance"]) == (0.75, 1.0)
     assert (s["model_examples_positive"], s["model_examples_negative"]) == (3, 2)
     assert s["model_examples_by_partition"] == {"0": 3, "1": 2}

@@ -3,6 +3,7 @@
 import ssl
 import subprocess
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,19 @@ def test_known_label_values_are_exported_at_zero_before_their_first_event() -> N
     assert get("streamlearn_examples_total", {"polarity": "negative"}) == 0.0
     assert get("streamlearn_stale_gradients_total", {"action": "dropped"}) == 0.0
     assert get("streamlearn_events_total", {"topic": "all", "outcome": "expired"}) == 0.0
+    assert get("streamlearn_join_feedback_total", {"stage": "arrived"}) == 0.0
+    assert get("streamlearn_join_feedback_total", {"stage": "joined"}) == 0.0
+
+
+def test_the_join_hit_rate_is_joined_over_arrived_feedback() -> None:
+    """Feedback that needs its prediction counts as it arrives, and again when it joins (on arrival, or when a
+    late prediction comes); the alert StreamlearnJoinHitRateLow divides the two."""
+    m = Metrics()
+    m.observe(StepResult(worker=0, join=Counter({"feedback": 10, "joined": 3, "inline": 4, "duplicate": 2})))
+    m.observe(StepResult(worker=1, join=Counter({"feedback": 6, "joined": 5})))
+    get = m.registry.get_sample_value
+    assert get("streamlearn_join_feedback_total", {"stage": "arrived"}) == 16
+    assert get("streamlearn_join_feedback_total", {"stage": "joined"}) == 8
 
 
 def test_a_port_in_use_fails_naming_the_flag_and_the_port() -> None:
